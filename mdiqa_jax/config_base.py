@@ -1,0 +1,97 @@
+"""Shared config defaults; every file in configs/ starts from `base_config()`.
+
+All hyper-parameters the paper leaves open live here with a documented default.
+Files in configs/ override fields; the command line overrides those
+(`--config.field=value`). Code reads the config at the edge (train.py,
+`models.create_model`) and passes plain values inward.
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the defaults: tiny CPU model on the small synthetic dataset."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # --- Data -------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'ldct_iqa_synthetic/small'  # TFDS name[/builder config].
+  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation'
+  config.data.test_split = 'test'
+  config.data.unlabeled_split = 'unlabeled'
+  config.data.image_size = 128      # Model input side, pixels (crop / resize target).
+  config.data.random_crop = True    # Train-time random crops (quality preserving).
+  config.data.random_flip = True    # Train-time horizontal + vertical flips.
+  config.data.shuffle_buffer = 1024
+  config.data.num_workers = 0       # grain worker processes (0 = in-process).
+  config.data.test_crops = 1        # Test-time multi-crop averaging (1 = centre only).
+
+  # --- Model ------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.use_vit = True          # Ablation: ViT branch on/off.
+  config.model.use_cnn = True          # Ablation: ConvNeXt branch on/off.
+  config.model.use_alignment = True    # Ablation: deformable alignment vs plain fusion.
+  config.model.head_type = 'distribution'  # 'distribution' (K Gaussian heads) | 'point'.
+  config.model.dtype = 'float32'       # Compute dtype ('bfloat16' for mixed precision).
+
+  config.model.vit = ml_collections.ConfigDict()
+  config.model.vit.patch_size = 16
+  config.model.vit.width = 64
+  config.model.vit.depth = 4
+  config.model.vit.num_heads = 2
+  config.model.vit.mlp_ratio = 4.0
+  config.model.vit.feature_blocks = (1, 2, 3)  # 0-based blocks whose tokens are used.
+  config.model.vit.dropout = 0.0
+  config.model.vit.init_from = ml_collections.FieldReference(None, field_type=str)
+
+  config.model.convnext = ml_collections.ConfigDict()
+  config.model.convnext.depths = (1, 1, 1, 1)
+  config.model.convnext.widths = (16, 32, 64, 128)
+  config.model.convnext.drop_path = 0.0
+  config.model.convnext.init_from = ml_collections.FieldReference(None, field_type=str)
+
+  config.model.align = ml_collections.ConfigDict()
+  config.model.align.num_scales = 3    # S: ConvNeXt stages aligned (the last S... see align.py).
+  config.model.align.kernel_size = 3   # N sampling points = kernel_size**2.
+  config.model.align.offset_groups = 1
+  config.model.align.width = 64        # Channels of each aligned map.
+
+  config.model.head = ml_collections.ConfigDict()
+  config.model.head.hidden = 64
+  config.model.head.score_min = 0.0
+  config.model.head.score_max = 4.0
+  config.model.head.bin_width = 0.2    # 21 bins on [0, 4], the labels' 0.2 steps.
+
+  # --- Loss -------------------------------------------------------------
+  config.loss = ml_collections.ConfigDict()
+  config.loss.type = 'gaussian_ce'     # 'gaussian_ce' | 'gaussian_kl' | 'l1' | 'mse'.
+  config.loss.sigmas = (0.1, 0.25, 0.5)  # K label-uncertainty widths, score units.
+  config.loss.scale_weights = (1.0, 1.0, 1.0)
+  config.loss.point_weight = 0.0       # Extra L1 on the expected score (0 = off).
+
+  # --- Optimisation -----------------------------------------------------
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'adam'           # 'adam' (paper) | 'adamw'.
+  config.optim.learning_rate = 1e-3
+  config.optim.backbone_lr_multiplier = 1.0  # < 1 for pretrained backbones.
+  config.optim.weight_decay = 0.0
+  config.optim.warmup_steps = 50
+  config.optim.schedule = 'cosine'     # 'cosine' | 'constant'.
+  config.optim.grad_clip_norm = 1.0
+  config.optim.ema_decay = 0.0         # 0 = no EMA of params.
+
+  # --- Training loop ----------------------------------------------------
+  config.batch_size = 16               # Global batch size (all hosts, all devices).
+  config.eval_batch_size = 32
+  config.num_epochs = 30               # The paper's 30 epochs.
+  config.log_every_steps = 20
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
+  config.keep_checkpoints = 2          # Last N kept ...
+  config.keep_best = 1                 # ... plus best-k by validation SROCC.
+  config.parallel = 'pmap'             # 'pmap' | 'shard_map'.
+  config.distributed = False           # Call jax.distributed.initialize().
+  return config
