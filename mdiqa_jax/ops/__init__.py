@@ -1,0 +1,4 @@
+"""Numerical ops used by the models: pure functions of arrays."""
+from mdiqa_jax.ops.deform import deform_conv2d
+
+__all__ = ['deform_conv2d']
