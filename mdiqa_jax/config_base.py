@@ -36,6 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.use_alignment = True    # Ablation: deformable alignment vs plain fusion.
   config.model.head_type = 'distribution'  # 'distribution' (K Gaussian heads) | 'point'.
   config.model.dtype = 'float32'       # Compute dtype ('bfloat16' for mixed precision).
+  # Inputs in [0, 1] are standardised as (x - mean) / std before both branches.
+  # ImageNet-pretrained backbones with summed-RGB stems want grey ImageNet
+  # statistics instead (mean 0.449, std 0.226).
+  config.model.input_mean = 0.5
+  config.model.input_std = 0.5
 
   config.model.vit = ml_collections.ConfigDict()
   config.model.vit.patch_size = 16
@@ -54,13 +59,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.convnext.init_from = ml_collections.FieldReference(None, field_type=str)
 
   config.model.align = ml_collections.ConfigDict()
-  config.model.align.num_scales = 3    # S: ConvNeXt stages aligned (the last S... see align.py).
+  config.model.align.num_scales = 3    # S: the first S ConvNeXt stages (finest first).
   config.model.align.kernel_size = 3   # N sampling points = kernel_size**2.
   config.model.align.offset_groups = 1
   config.model.align.width = 64        # Channels of each aligned map.
 
   config.model.head = ml_collections.ConfigDict()
-  config.model.head.hidden = 64
+  config.model.head.hidden = 64        # Fused per-patch width and head MLP width.
   config.model.head.score_min = 0.0
   config.model.head.score_max = 4.0
   config.model.head.bin_width = 0.2    # 21 bins on [0, 4], the labels' 0.2 steps.
