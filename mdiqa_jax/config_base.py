@@ -92,11 +92,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.batch_size = 16               # Global batch size (all hosts, all devices).
   config.eval_batch_size = 32
   config.num_epochs = 30               # The paper's 30 epochs.
+  config.num_train_steps = -1          # > 0 overrides num_epochs (optimiser steps).
   config.log_every_steps = 20
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2          # Last N kept ...
   config.keep_best = 1                 # ... plus best-k by validation SROCC.
+  config.async_checkpointing = True    # Orbax writes in a background thread.
   config.parallel = 'pmap'             # 'pmap' | 'shard_map'.
   config.distributed = False           # Call jax.distributed.initialize().
   return config
