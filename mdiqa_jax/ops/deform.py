@@ -7,9 +7,9 @@ image contributes zero; the sample is scaled by a modulation mask and the
 samples are contracted with the kernel. Input channels are split into
 `offset_groups` contiguous groups, each with its own offsets and mask.
 
-The corners are gathered with one flat-index gather per corner, so the largest
-intermediate holds B * Ho * Wo * kh * kw * Cin values (no dense interpolation
-matrix), and the op is differentiable in the input, offsets, mask and kernel
+The four corners of every sample are fetched with one flat-index gather, so the
+largest intermediate holds 4 * B * Ho * Wo * kh * kw * Cin values (no dense
+interpolation matrix), and the op is differentiable in the input, offsets, mask and kernel
 through ordinary JAX autodiff.
 """
 from collections.abc import Sequence
@@ -39,20 +39,22 @@ def _check_shape(name: str, array: jax.Array, expected: tuple[int, ...],
         f'got {tuple(array.shape)}.')
 
 
-def _bilinear_corners(y: jax.Array, x: jax.Array, height: int, width: int):
-  """Yields (flat_index, weight) for the 4 bilinear corners of each sample.
+def _bilinear_corners(y: jax.Array, x: jax.Array, height: int,
+                      width: int) -> tuple[jax.Array, jax.Array]:
+  """Flat indices and weights of the 4 bilinear corners of each sample point.
 
   Args:
-    y: sample rows, any shape, float (pixel units, 0 = first row centre).
-    x: sample columns, same shape as `y`.
+    y: sample rows, any shape S, float (pixel units, 0 = first row centre).
+    x: sample columns, shape S.
     height: image height in pixels.
     width: image width in pixels.
 
-  Yields:
-    flat_index: int32, same shape as `y`, row * width + column of the corner,
-      clipped into the image so that it can be gathered without checks.
-    weight: same shape and dtype as `y`; the bilinear weight of the corner,
-      zero when the corner lies outside the image.
+  Returns:
+    flat_index: (*S, 4) int32, row * width + column of the corners (top-left,
+      top-right, bottom-left, bottom-right), clipped into the image so that
+      they can be gathered without bounds checks.
+    weight: (*S, 4), dtype of `y`; the bilinear weights of the corners, zero
+      for a corner outside the image.
   """
   y_low = jnp.floor(y)
   x_low = jnp.floor(x)
@@ -60,14 +62,16 @@ def _bilinear_corners(y: jax.Array, x: jax.Array, height: int, width: int):
   x_frac = x - x_low
   y_low = y_low.astype(jnp.int32)
   x_low = x_low.astype(jnp.int32)
+  flat_indices, weights = [], []
   for row_step, row_weight in ((0, 1 - y_frac), (1, y_frac)):
     row = y_low + row_step
     for column_step, column_weight in ((0, 1 - x_frac), (1, x_frac)):
       column = x_low + column_step
       inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
-      flat_index = (jnp.clip(row, 0, height - 1) * width
-                    + jnp.clip(column, 0, width - 1))
-      yield flat_index, jnp.where(inside, row_weight * column_weight, 0)
+      flat_indices.append(jnp.clip(row, 0, height - 1) * width
+                          + jnp.clip(column, 0, width - 1))
+      weights.append(jnp.where(inside, row_weight * column_weight, 0))
+  return jnp.stack(flat_indices, axis=-1), jnp.stack(weights, axis=-1)
 
 
 def deform_conv2d(x: jax.Array,
@@ -159,23 +163,22 @@ def deform_conv2d(x: jax.Array,
   rows = (grid_rows[:, None, None] + tap_rows) + offset[..., 0]
   columns = (grid_columns[:, None] + tap_columns) + offset[..., 1]
 
+  flat_index, weight = _bilinear_corners(rows, columns, height, width)
+  if mask is not None:
+    weight = weight * jnp.moveaxis(mask, 3, 1)[..., None]
+
   group_channels = in_channels // offset_groups
   features = x.reshape(batch, height * width, offset_groups, group_channels)
   features = jnp.moveaxis(features, 2, 1)
-  if mask is not None:
-    mask = jnp.moveaxis(mask, 3, 1)
-  samples_per_group = out_h * out_w * taps
-  sampled = 0
-  for flat_index, weight in _bilinear_corners(rows, columns, height, width):
-    if mask is not None:
-      weight = weight * mask
-    flat_index = flat_index.reshape(batch, offset_groups, samples_per_group, 1)
-    corner = jnp.take_along_axis(features, flat_index, axis=2,
-                                 mode='promise_in_bounds')
-    weight = weight.astype(x.dtype).reshape(corner.shape[:-1] + (1,))
-    sampled = sampled + weight * corner
-  sampled = sampled.reshape(batch, offset_groups, out_h, out_w, taps,
-                            group_channels)
+  # One gather for all corners, the 4 corners of a sample side by side: its
+  # transpose (the scatter-add that forms the gradient w.r.t. x) then writes
+  # to neighbouring pixels in turn, which is markedly faster than 4 gathers.
+  corners = jnp.take_along_axis(
+      features, flat_index.reshape(batch, offset_groups, -1, 1), axis=2,
+      mode='promise_in_bounds')
+  corners = corners.reshape(flat_index.shape + (group_channels,))
+  sampled = jnp.einsum('bghwkq,bghwkqc->bghwkc', weight.astype(x.dtype),
+                       corners)
   kernel = kernel.reshape(taps, offset_groups, group_channels, out_channels)
   out = jnp.einsum('bghwkc,kgco->bhwo', sampled, kernel)
   if bias is not None:

@@ -1,0 +1,141 @@
+r"""Times deform_conv2d against lax.conv_general_dilated of the same shape.
+
+Forward and forward+backward (gradients w.r.t. every input) are jitted, warmed
+up, then timed --repeats times; the median is reported, with the ratio
+deform / conv measured in the same run. Prints a table and writes
+bench/results/deform_bench.json.
+
+  python bench/deform_bench.py --repeats=20
+"""
+import json
+import os
+import platform
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mdiqa_jax.ops import deform_conv2d
+
+_REPEATS = flags.DEFINE_integer('repeats', 20, 'Timed calls per measurement.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed calls after compiling.')
+_OFFSET_GROUPS = flags.DEFINE_integer('offset_groups', 1,
+                                      'offset_groups of the deformable conv.')
+_OUTPUT = flags.DEFINE_string(
+    'output', os.path.join(os.path.dirname(__file__), 'results',
+                           'deform_bench.json'), 'JSON file to write.')
+
+# (batch, height, width, in_channels, out_channels, kernel_size): the
+# alignment-block scales MD-IQA uses (CNN features at 1/8 and 1/16 of a crop).
+_SHAPES = ((2, 32, 32, 64, 64, 3), (2, 16, 16, 128, 128, 3))
+
+
+def _median_seconds(function, arguments):
+  """Median wall time of jitted `function(*arguments)`, after warm-up."""
+  jax.block_until_ready(function(*arguments))
+  for _ in range(_WARMUP.value):
+    jax.block_until_ready(function(*arguments))
+  times = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    jax.block_until_ready(function(*arguments))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _forward_and_backward(forward, num_arguments):
+  """jit of (inputs) -> gradients of sum(forward(inputs)**2) w.r.t. all."""
+  loss = lambda *arguments: jnp.sum(forward(*arguments) ** 2)
+  return jax.jit(jax.grad(loss, argnums=tuple(range(num_arguments))))
+
+
+def _benchmark_shape(batch, height, width, in_channels, out_channels,
+                     kernel_size):
+  """Returns the timings of one shape, padding 'same', stride 1."""
+  rng = np.random.default_rng(0)
+  taps = kernel_size * kernel_size
+  groups = _OFFSET_GROUPS.value
+  padding = kernel_size // 2
+  x = jnp.asarray(rng.normal(size=(batch, height, width, in_channels)),
+                  jnp.float32)
+  offset = jnp.asarray(
+      2 * rng.normal(size=(batch, height, width, groups, taps, 2)), jnp.float32)
+  mask = jnp.asarray(rng.uniform(size=(batch, height, width, groups, taps)),
+                     jnp.float32)
+  kernel = jnp.asarray(
+      rng.normal(size=(kernel_size, kernel_size, in_channels, out_channels))
+      / np.sqrt(taps * in_channels), jnp.float32)
+
+  def deform(x, offset, mask, kernel):
+    return deform_conv2d(x, offset, mask, kernel, padding=padding,
+                         offset_groups=groups)
+
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding='SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  deform_inputs = (x, offset, mask, kernel)
+  conv_inputs = (x, kernel)
+  seconds = {
+      'deform_forward': _median_seconds(jax.jit(deform), deform_inputs),
+      'conv_forward': _median_seconds(jax.jit(conv), conv_inputs),
+      'deform_forward_backward': _median_seconds(
+          _forward_and_backward(deform, 4), deform_inputs),
+      'conv_forward_backward': _median_seconds(
+          _forward_and_backward(conv, 2), conv_inputs),
+  }
+  return {
+      'shape': dict(batch=batch, height=height, width=width,
+                    in_channels=in_channels, out_channels=out_channels,
+                    kernel_size=kernel_size, offset_groups=groups),
+      'median_ms': {name: 1e3 * value for name, value in seconds.items()},
+      'ratio_forward': seconds['deform_forward'] / seconds['conv_forward'],
+      'ratio_forward_backward': (seconds['deform_forward_backward']
+                                 / seconds['conv_forward_backward']),
+  }
+
+
+def main(argv):
+  del argv
+  results = []
+  print(f'{"B,H,W,Cin->Cout,k":>22} {"deform fwd":>11} {"conv fwd":>9} '
+        f'{"ratio":>6} {"deform f+b":>11} {"conv f+b":>9} {"ratio":>6}  (ms)')
+  for shape in _SHAPES:
+    result = _benchmark_shape(*shape)
+    results.append(result)
+    ms = result['median_ms']
+    batch, height, width, in_channels, out_channels, kernel_size = shape
+    label = (f'{batch},{height},{width},{in_channels}->{out_channels},'
+             f'{kernel_size}')
+    print(f'{label:>22} {ms["deform_forward"]:11.2f} {ms["conv_forward"]:9.2f} '
+          f'{result["ratio_forward"]:6.1f} '
+          f'{ms["deform_forward_backward"]:11.2f} '
+          f'{ms["conv_forward_backward"]:9.2f} '
+          f'{result["ratio_forward_backward"]:6.1f}')
+  report = {
+      'benchmark': 'deform_conv2d vs lax.conv_general_dilated, jit, float32',
+      'device': str(jax.devices()[0]),
+      'platform': jax.default_backend(),
+      'cpu_count': os.cpu_count(),
+      # Other jobs on a shared machine inflate the medians; the load says how
+      # much to trust them.
+      'load_average_1min': os.getloadavg()[0],
+      'machine': platform.machine(),
+      'jax_version': jax.__version__,
+      'repeats': _REPEATS.value,
+      'warmup': _WARMUP.value,
+      'results': results,
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  with open(_OUTPUT.value, 'w') as f:
+    json.dump(report, f, indent=2)
+  print(f'wrote {_OUTPUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
