@@ -1,0 +1,167 @@
+"""Vision Transformer backbone (Dosovitskiy et al. 2021), timm / big_vision compatible.
+
+The computation is exactly that of timm's `vit_*` models (pre-norm blocks,
+LayerNorm eps 1e-6, exact erf GELU, class token, learned absolute position
+embedding), so timm and big_vision / AugReg weights load without loss
+(`mdiqa_jax.convert`). Parameter names are big_vision's (`models/vit.py`,
+linen naming), except that blocks sit at the top level rather than under
+'Transformer'.
+
+One layout choice differs from timm: `pos_embedding` holds the patch positions
+only, (1, grid_h * grid_w, width), and is added before the class token is
+prepended (big_vision's layout). timm's class-token position row is an
+input-independent constant, so the converter folds it into `cls`; the outputs
+are identical and resizing the embedding never has to split off a class row.
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+LAYER_NORM_EPSILON = 1e-6
+
+# Defaults for 12-block models: the outputs of blocks 4, 8 and 12 (1-based),
+# evenly spaced and ending at the last block.
+_TWELVE_BLOCK_FEATURES = (3, 7, 11)
+
+_PRESETS = {
+    'tiny_cpu': dict(patch_size=16, width=64, depth=4, num_heads=2,
+                     feature_blocks=(1, 2, 3)),
+    'ti/16': dict(patch_size=16, width=192, depth=12, num_heads=3,
+                  feature_blocks=_TWELVE_BLOCK_FEATURES),
+    's/16': dict(patch_size=16, width=384, depth=12, num_heads=6,
+                 feature_blocks=_TWELVE_BLOCK_FEATURES),
+    'b/16': dict(patch_size=16, width=768, depth=12, num_heads=12,
+                 feature_blocks=_TWELVE_BLOCK_FEATURES),
+    'b/8': dict(patch_size=8, width=768, depth=12, num_heads=12,
+                feature_blocks=_TWELVE_BLOCK_FEATURES),
+}
+
+
+def vit_config(name: str) -> dict[str, Any]:
+  """Returns `ViT` keyword arguments of a preset.
+
+  'ti/16', 's/16', 'b/16' and 'b/8' are timm's vit_{tiny,small,base}_patch16_224
+  and vit_base_patch8_224 (mlp_ratio 4, class token); 'tiny_cpu' is a 4-block,
+  64-wide model for tests and CPU runs.
+  """
+  if name not in _PRESETS:
+    raise ValueError(f'Unknown ViT preset {name!r}; expected one of {sorted(_PRESETS)}.')
+  return dict(_PRESETS[name])
+
+
+class MlpBlock(nn.Module):
+  """Transformer MLP: Dense(mlp_dim), exact GELU, Dense(width); (B, N, width)."""
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    width = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, name='Dense_0',
+                 kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.normal(stddev=1e-6))(x)
+    x = nn.gelu(x, approximate=False)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(width, dtype=self.dtype, name='Dense_1',
+                    kernel_init=nn.initializers.xavier_uniform(),
+                    bias_init=nn.initializers.normal(stddev=1e-6))(x)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    y = _layer_norm(self.dtype, 'LayerNorm_0')(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        name='MultiHeadDotProductAttention_0')(y, y, deterministic=True)
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = _layer_norm(self.dtype, 'LayerNorm_1')(x)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name='MlpBlock_0')(y, train=train)
+    return x + nn.Dropout(self.dropout, deterministic=not train)(y)
+
+
+class ViT(nn.Module):
+  """Vision Transformer returning multi-block token grids.
+
+  Input x: (B, H, W, C) float, H and W multiples of `patch_size`; C is taken
+  from x (1 for CT slices, 3 for RGB). The position embedding is created for
+  the (H / patch_size, W / patch_size) grid seen at init; loading weights made
+  for another grid resamples it (`mdiqa_jax.convert`).
+
+  Returns a dict:
+    'features': list, one (B, H/p, W/p, width) patch-token grid per entry of
+      `feature_blocks` (0-based block indices, in that order), the block's
+      output before the final LayerNorm, class token dropped;
+    'pre_logits': (B, width), the class token after the final LayerNorm
+      (timm `forward_head(..., pre_logits=True)`); without a class token the
+      mean of the normed tokens (big_vision 'gap');
+    'tokens': (B, N, width), all tokens after the final LayerNorm, class token
+      first when there is one (N = 1 + H/p * W/p).
+  """
+  patch_size: int = 16
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  feature_blocks: Sequence[int] = _TWELVE_BLOCK_FEATURES
+  dropout: float = 0.0
+  use_class_token: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    bad_blocks = [b for b in self.feature_blocks if not 0 <= b < self.depth]
+    if bad_blocks:
+      raise ValueError(f'ViT.feature_blocks {tuple(self.feature_blocks)}: blocks '
+                       f'{bad_blocks} are outside [0, depth={self.depth}).')
+    batch, height, width_px, _ = x.shape
+    if height % self.patch_size or width_px % self.patch_size:
+      raise ValueError(f'ViT input {height}x{width_px} is not a multiple of '
+                       f'patch_size={self.patch_size}.')
+    x = nn.Conv(self.width, (self.patch_size, self.patch_size),
+                strides=(self.patch_size, self.patch_size), padding='VALID',
+                dtype=self.dtype, name='embedding')(x)
+    grid_h, grid_w = x.shape[1:3]
+    x = x.reshape(batch, grid_h * grid_w, self.width)
+    pos_embedding = self.param(
+        'pos_embedding', nn.initializers.normal(stddev=1 / np.sqrt(self.width)),
+        (1, grid_h * grid_w, self.width))
+    x = x + pos_embedding.astype(x.dtype)
+    num_prefix = 0
+    if self.use_class_token:
+      cls = self.param('cls', nn.initializers.zeros, (1, 1, self.width))
+      x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (batch, 1, 1)), x], axis=1)
+      num_prefix = 1
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+
+    block_outputs = {}
+    mlp_dim = int(round(self.width * self.mlp_ratio))
+    for index in range(self.depth):
+      x = Encoder1DBlock(self.num_heads, mlp_dim, self.dropout, self.dtype,
+                         name=f'encoderblock_{index}')(x, train=train)
+      if index in self.feature_blocks:
+        block_outputs[index] = x[:, num_prefix:].reshape(batch, grid_h, grid_w, self.width)
+    tokens = _layer_norm(self.dtype, 'encoder_norm')(x)
+    pre_logits = tokens[:, 0] if self.use_class_token else tokens.mean(axis=1)
+    return {
+        'features': [block_outputs[b] for b in self.feature_blocks],
+        'pre_logits': pre_logits,
+        'tokens': tokens,
+    }
+
+
+def _layer_norm(dtype, name):
+  # Two-pass variance, as torch computes it: the one-pass E[x^2] - E[x]^2 loses
+  # precision on residual streams with large means and breaks 1e-5 parity.
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False,
+                      dtype=dtype, name=name)
