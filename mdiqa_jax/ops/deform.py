@@ -9,8 +9,8 @@ samples are contracted with the kernel. Input channels are split into
 
 The four corners of every sample are fetched with one flat-index gather, so the
 largest intermediate holds 4 * B * Ho * Wo * kh * kw * Cin values (no dense
-interpolation matrix), and the op is differentiable in the input, offsets, mask and kernel
-through ordinary JAX autodiff.
+interpolation matrix), and the op is differentiable in the input, offsets, mask
+and kernel through ordinary JAX autodiff.
 """
 from collections.abc import Sequence
 
