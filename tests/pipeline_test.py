@@ -212,3 +212,16 @@ def test_worker_processes_give_the_same_batches_and_resumable_state(data_config)
   restored.set_state(json.loads(state))
   _assert_same_batches(expected[3:], _take(restored, 3))
   restored.close()
+
+
+@pytest.mark.parametrize('arguments,message', [
+    (dict(crops=3), '1 .centre. or 5'),
+    (dict(batch_size_per_host=0), 'batch_size_per_host must be >= 1'),
+    (dict(process_index=2, process_count=2), r'not in \[0, process_count=2\)'),
+])
+def test_bad_eval_arguments_are_rejected_before_reading(data_config, arguments,
+                                                        message):
+  arguments = dict(dict(batch_size_per_host=4, process_index=0, process_count=1),
+                   **arguments)
+  with pytest.raises(ValueError, match=message):
+    pipeline.create_eval_iterator(data_config, 'train', **arguments)

@@ -78,7 +78,11 @@ def _crop_fraction(data_config: ml_collections.ConfigDict) -> float:
   return float(data_config.get('crop_fraction', DEFAULT_CROP_FRACTION))
 
 
-def _host(process_index: Optional[int], process_count: Optional[int]):
+def _host(process_index: Optional[int], process_count: Optional[int],
+          batch_size_per_host: int) -> tuple[int, int]:
+  """Resolves and checks this host's position and the per-host batch size."""
+  if batch_size_per_host < 1:
+    raise ValueError(f'batch_size_per_host must be >= 1, got {batch_size_per_host}.')
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -173,7 +177,8 @@ def create_train_iterator(
     JSON-serialisable dict; `set_state(state)` on a fresh iterator created
     with the same arguments resumes with the next batch.
   """
-  process_index, process_count = _host(process_index, process_count)
+  process_index, process_count = _host(process_index, process_count,
+                                       batch_size_per_host)
   dataset = train_dataset_from_source(
       open_source(data_config, data_config.train_split),
       image_size=data_config.image_size,
@@ -237,7 +242,9 @@ def create_eval_iterator(
     predict, then average each example's `crops` predictions. Every example
     of the split appears on exactly one host, exactly once with valid=True.
   """
-  process_index, process_count = _host(process_index, process_count)
+  preprocess.check_num_crops(crops)
+  process_index, process_count = _host(process_index, process_count,
+                                       batch_size_per_host)
   dataset = eval_dataset_from_source(
       open_source(data_config, split), image_size=data_config.image_size,
       crop_fraction=_crop_fraction(data_config), crops=crops,

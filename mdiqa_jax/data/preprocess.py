@@ -108,6 +108,13 @@ def train_crop(image: np.ndarray, *, image_size: int, crop_fraction: float,
   return np.ascontiguousarray(out)
 
 
+def check_num_crops(num_crops: int) -> None:
+  """Raises ValueError unless num_crops is a supported test-time view count."""
+  if num_crops not in (1, 5):
+    raise ValueError(f'test_crops must be 1 (centre) or 5 (corners + centre), '
+                     f'got {num_crops}.')
+
+
 def eval_windows(height: int, width: int, side: int,
                  num_crops: int) -> list[tuple[int, int]]:
   """(top, left) of the test-time windows of side `side`, in `eval_crops` order.
@@ -115,14 +122,12 @@ def eval_windows(height: int, width: int, side: int,
   num_crops: 1 = the centre window; 5 = the four corner windows (top-left,
   top-right, bottom-left, bottom-right) then the centre.
   """
+  check_num_crops(num_crops)
   centre = ((height - side) // 2, (width - side) // 2)
   if num_crops == 1:
     return [centre]
-  if num_crops == 5:
-    bottom, right = height - side, width - side
-    return [(0, 0), (0, right), (bottom, 0), (bottom, right), centre]
-  raise ValueError(f'test_crops must be 1 (centre) or 5 (corners + centre), '
-                   f'got {num_crops}.')
+  bottom, right = height - side, width - side
+  return [(0, 0), (0, right), (bottom, 0), (bottom, right), centre]
 
 
 def eval_crops(image: np.ndarray, *, image_size: int, crop_fraction: float,
