@@ -1,0 +1,102 @@
+"""Shared test fixtures: CT DICOM files written with pydicom alone."""
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+def _file_dataset(sop_class: str) -> Dataset:
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = sop_class
+  meta.MediaStorageSOPInstanceUID = generate_uid()
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID = sop_class
+  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  ds.Modality = 'CT'
+  ds.PatientID = 'TEST'
+  ds.StudyInstanceUID = '1.2.826.0.1.3680043.8.498.1'
+  return ds
+
+
+def _set_pixels(ds: Dataset, stored: np.ndarray) -> None:
+  """Stores int16 / uint16 values (frames, rows, cols) or (rows, cols)."""
+  ds.Rows, ds.Columns = stored.shape[-2:]
+  ds.SamplesPerPixel = 1
+  ds.PhotometricInterpretation = 'MONOCHROME2'
+  ds.BitsAllocated = 16
+  ds.BitsStored = 16
+  ds.HighBit = 15
+  ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
+  ds.PixelData = np.ascontiguousarray(stored.astype(stored.dtype.newbyteorder('<'))).tobytes()
+
+
+@pytest.fixture
+def write_ct_dicom():
+  """write(path, stored (H, W) int16/uint16, slope, intercept, **attributes)."""
+  def write(path, stored, slope=1.0, intercept=-1024.0, *, z_mm=0.0, instance_number=1,
+            series_uid='1.2.826.0.1.3680043.8.498.2', rescale=True, **attributes):
+    ds = _file_dataset(CTImageStorage)
+    ds.SeriesInstanceUID = series_uid
+    ds.InstanceNumber = instance_number
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [-100.0, -100.0, z_mm]
+    if rescale:
+      ds.RescaleSlope = slope
+      ds.RescaleIntercept = intercept
+    for keyword, value in attributes.items():
+      setattr(ds, keyword, value)
+    _set_pixels(ds, np.asarray(stored))
+    ds.save_as(path, enforce_file_format=True)
+    return path
+  return write
+
+
+@pytest.fixture
+def write_enhanced_ct_dicom():
+  """write(path, stored (F, H, W) int16, slopes (F,), intercepts (F,), z_mm (F,)).
+
+  An Enhanced CT multi-frame file with per-frame rescale and position.
+  """
+  def write(path, stored, slopes, intercepts, z_mm):
+    ds = _file_dataset(EnhancedCTImageStorage)
+    ds.SeriesInstanceUID = generate_uid()
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = stored.shape[0]
+    shared = Dataset()
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for slope, intercept, z in zip(slopes, intercepts, z_mm):
+      group = Dataset()
+      transform = Dataset()
+      transform.RescaleSlope = slope
+      transform.RescaleIntercept = intercept
+      transform.RescaleType = 'HU'
+      group.PixelValueTransformationSequence = Sequence([transform])
+      position = Dataset()
+      position.ImagePositionPatient = [-100.0, -100.0, z]
+      group.PlanePositionSequence = Sequence([position])
+      frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    _set_pixels(ds, np.asarray(stored))
+    ds.save_as(path, enforce_file_format=True)
+    return path
+  return write
+
+
+@pytest.fixture
+def write_dicom_without_pixels():
+  """write(path): a valid DICOM file (a structured report) with no image."""
+  def write(path):
+    ds = _file_dataset('1.2.840.10008.5.1.4.1.1.88.11')  # Basic Text SR Storage.
+    ds.Modality = 'SR'
+    ds.SeriesInstanceUID = generate_uid()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+  return write
+
