@@ -1,0 +1,134 @@
+r"""Times building the default dataset and reading it through the input pipeline.
+
+1. Build `ldct_iqa_synthetic/small` (the default) from scratch into a fresh
+   temporary data_dir: wall time, and simulated examples per second.
+2. Train iterator (batch --batch_size at config.data.image_size, random crops
+   and flips): examples per second over --batches batches after --warmup
+   untimed ones, in-process (num_workers=0) and with worker processes.
+3. One eval pass over the validation split (crops 1 and 5): examples/s.
+
+Prints a table and writes bench/results/pipeline_bench.json.
+
+  python bench/pipeline_bench.py [--dataset=ldct_iqa_synthetic/small]
+"""
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mdiqa_jax import config_base
+from mdiqa_jax.data import pipeline
+
+_DATASET = flags.DEFINE_string('dataset', 'ldct_iqa_synthetic/small',
+                               'TFDS name[/config] to build and read.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Per-host batch size.')
+_BATCHES = flags.DEFINE_integer('batches', 100, 'Timed train batches.')
+_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed batches first.')
+_WORKERS = flags.DEFINE_list('workers', ['0', '1', '2'],
+                             'config.data.num_workers values to time.')
+_OUTPUT = flags.DEFINE_string(
+    'output', os.path.join(os.path.dirname(__file__), 'results',
+                           'pipeline_bench.json'), 'JSON file to write.')
+
+
+def _time_build(data_config) -> dict:
+  start = time.perf_counter()
+  builder = pipeline.prepare_dataset(data_config)
+  seconds = time.perf_counter() - start
+  sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
+  total = sum(sizes.values())
+  return {'seconds': seconds, 'split_sizes': sizes, 'examples': total,
+          'examples_per_second': total / seconds,
+          'image_shape': list(builder.info.features['image'].shape)}
+
+
+def _time_train(data_config, num_workers: int) -> dict:
+  config = data_config.copy_and_resolve_references()
+  config.num_workers = num_workers
+  start = time.perf_counter()
+  iterator = pipeline.create_train_iterator(
+      config, batch_size_per_host=_BATCH_SIZE.value, seed=0, process_index=0,
+      process_count=1)
+  for _ in range(_WARMUP.value):
+    next(iterator)
+  startup = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(_BATCHES.value):
+    batch = next(iterator)
+  seconds = time.perf_counter() - start
+  iterator.close()
+  return {'num_workers': num_workers, 'startup_and_warmup_seconds': startup,
+          'examples_per_second': _BATCHES.value * _BATCH_SIZE.value / seconds,
+          'batch_image_shape': list(batch['image'].shape)}
+
+
+def _time_eval(data_config, crops: int) -> dict:
+  start = time.perf_counter()
+  rows = 0
+  for batch in pipeline.create_eval_iterator(
+      data_config, data_config.eval_split, batch_size_per_host=_BATCH_SIZE.value,
+      process_index=0, process_count=1, crops=crops):
+    rows += int(batch['valid'].sum())
+  seconds = time.perf_counter() - start
+  return {'crops': crops, 'examples': rows, 'examples_per_second': rows / seconds}
+
+
+def main(argv):
+  del argv
+  data_dir = tempfile.mkdtemp(prefix='pipeline_bench_')
+  try:
+    data_config = config_base.base_config().data
+    data_config.name = _DATASET.value
+    data_config.data_dir = data_dir
+    build = _time_build(data_config)
+    print(f'build {_DATASET.value}: {build["seconds"]:.1f} s for '
+          f'{build["examples"]} examples ({build["examples_per_second"]:.2f}/s), '
+          f'splits {build["split_sizes"]}, image {build["image_shape"]}')
+    train = []
+    for workers in map(int, _WORKERS.value):
+      train.append(_time_train(data_config, workers))
+      print(f'train iterator, num_workers={workers}: '
+            f'{train[-1]["examples_per_second"]:.0f} examples/s '
+            f'(batch {train[-1]["batch_image_shape"]})')
+    evaluation = []
+    for crops in (1, 5):
+      evaluation.append(_time_eval(data_config, crops))
+      print(f'eval pass, crops={crops}: '
+            f'{evaluation[-1]["examples_per_second"]:.0f} examples/s')
+  finally:
+    shutil.rmtree(data_dir)
+  result = {
+      'benchmark': 'input pipeline: dataset build from scratch, train and eval '
+                   'iterators (grain over TFDS array_record data sources)',
+      'dataset': _DATASET.value,
+      'cpu_count': len(os.sched_getaffinity(0)),
+      'load_average_1min': os.getloadavg()[0],
+      'machine': platform.machine(),
+      'versions': {'tensorflow_datasets': tfds.__version__,
+                   'grain': grain.__version__,
+                   'jax': jax.__version__, 'numpy': np.__version__},
+      'image_size': data_config.image_size,
+      'crop_fraction': pipeline.DEFAULT_CROP_FRACTION,
+      'batch_size': _BATCH_SIZE.value,
+      'timed_batches': _BATCHES.value,
+      'build': build,
+      'train_iterator': train,
+      'eval_pass': evaluation,
+  }
+  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
+  with open(_OUTPUT.value, 'w') as f:
+    json.dump(result, f, indent=2)
+  print(f'wrote {_OUTPUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
