@@ -18,8 +18,10 @@ tests/fixtures/:
                                     the same at 64 px and 40 px for a model built
                                     at that size from the 32 px weights (timm's
                                     checkpoint_filter_fn resamples pos_embed,
-                                    bicubic with antialias), and those resampled
-                                    pos_embed tables.
+                                    bicubic with antialias), those resampled
+                                    pos_embed tables, and timm's
+                                    resample_abs_pos_embed of the 4x4 grid to
+                                    3x3 and 8x8, bicubic and bilinear.
   vit_augreg.npz                    the same weights in the google-research/
                                     vision_transformer (AugReg) .npz layout.
   vit_big_vision.npz                the same weights in big_vision's linen
@@ -65,6 +67,7 @@ for _op in ('nms', 'qnms'):
 
 import safetensors.torch  # pylint: disable=g-import-not-at-top
 import timm
+from timm.layers import resample_abs_pos_embed
 from timm.models.convnext import ConvNeXt
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
@@ -148,6 +151,11 @@ def vit_fixtures():
     out.update({k + suffix: v for k, v in vit_run(sized, images).items()})
     out['input' + suffix] = nhwc(images)
     out['pos_embed' + suffix] = sized.pos_embed.detach().numpy()
+  for interpolation in ('bicubic', 'bilinear'):
+    for grid in (3, 8):  # Shrinking (antialiased) and growing the 4x4 grid.
+      out[f'pos_embed_{interpolation}_{grid}'] = resample_abs_pos_embed(
+          model.pos_embed.detach(), new_size=(grid, grid), num_prefix_tokens=1,
+          interpolation=interpolation, antialias=True).numpy()
   np.savez(FIXTURES / 'vit_timm_outputs.npz', **out)
 
   np.savez(FIXTURES / 'vit_augreg.npz', **augreg_layout(state_dict, VIT_KWARGS['num_heads']))
