@@ -1,0 +1,103 @@
+"""The composed model: every ablation initialises and runs forward + backward under jit."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdiqa_jax import losses, models
+from mdiqa_jax.config_base import base_config
+
+IMAGE_SIZE = 64
+
+
+def _config(**overrides):
+  config = base_config()
+  config.data.image_size = IMAGE_SIZE
+  for dotted, value in overrides.items():
+    node = config
+    *parents, leaf = dotted.split('.')
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
+ABLATIONS = {
+    'full': {},
+    'vit_only': {'model.use_cnn': False, 'model.use_alignment': False},
+    'cnn_only': {'model.use_vit': False, 'model.use_alignment': False},
+    'no_alignment': {'model.use_alignment': False},
+    'single_scale': {'loss.sigmas': (0.25,), 'loss.scale_weights': (1.0,)},
+    'point_l1': {'model.head_type': 'point', 'loss.type': 'l1'},
+}
+
+
+@pytest.mark.parametrize('name', sorted(ABLATIONS))
+def test_forward_and_backward_under_jit(name):
+  config = _config(**ABLATIONS[name])
+  model = models.create_model(config)
+  images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, IMAGE_SIZE, IMAGE_SIZE, 1)),
+                       jnp.float32)
+  batch = {'image': images, 'score': jnp.array([1.2, 3.0])}
+  variables = jax.jit(lambda rng: model.init({'params': rng}, images))(jax.random.PRNGKey(0))
+  assert set(variables) == {'params'}
+  loss_fn = losses.make_loss_fn(config)
+
+  @jax.jit
+  def loss_and_grads(params):
+    def objective(params):
+      outputs = model.apply({'params': params}, batch['image'], train=True,
+                            rngs={'dropout': jax.random.PRNGKey(1)})
+      return jnp.mean(loss_fn(outputs, batch)[0]), outputs
+    return jax.value_and_grad(objective, has_aux=True)(params)
+
+  (loss, outputs), grads = loss_and_grads(variables['params'])
+  grid = IMAGE_SIZE // config.model.vit.patch_size
+  num_scales = len(config.loss.sigmas) if config.model.head_type == 'distribution' else 1
+  assert outputs['score'].shape == (2,)
+  assert outputs['uncertainty'].shape == (2,)
+  assert outputs['scale_scores'].shape == (2, num_scales)
+  assert outputs['patch_scores'].shape == (2, grid, grid)
+  assert outputs['patch_weights'].shape == (2, grid, grid)
+  if config.model.head_type == 'distribution':
+    assert outputs['log_probs'].shape == (2, num_scales, 21)
+    assert np.all(np.asarray(outputs['uncertainty']) > 0)
+  assert np.all((np.asarray(outputs['score']) >= 0) | (config.model.head_type == 'point'))
+  assert np.isfinite(float(loss))
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert sum(float(jnp.sum(jnp.abs(g))) for g in leaves) > 0
+  # The branches that are off hold no parameters.
+  assert ('vit' in variables['params']) == config.model.use_vit
+  assert ('convnext' in variables['params']) == config.model.use_cnn
+
+
+def test_param_groups_label_backbones():
+  config = _config()
+  model = models.create_model(config)
+  params = model.init({'params': jax.random.PRNGKey(0)},
+                      jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1)))['params']
+  labels = models.param_groups(params)
+  assert jax.tree_util.tree_structure(labels) == jax.tree_util.tree_structure(params)
+  assert set(jax.tree_util.tree_leaves(labels['vit'])) == {'backbone'}
+  assert set(jax.tree_util.tree_leaves(labels['convnext'])) == {'backbone'}
+  assert set(jax.tree_util.tree_leaves(labels['head'])) == {'head'}
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'model.use_vit': False, 'model.use_cnn': False}, 'at least one branch'),
+    ({'model.use_vit': False}, 'use_alignment=True'),
+    ({'model.head_type': 'ordinal'}, 'head_type'),
+    ({'model.dtype': 'float64'}, 'dtype'),
+])
+def test_bad_model_config_is_a_clear_error(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    models.create_model(_config(**overrides))
+
+
+def test_wrong_image_shape_is_a_clear_error():
+  model = models.create_model(_config())
+  with pytest.raises(ValueError, match='multiple of 32'):
+    model.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, 48, 48, 1)))
+  with pytest.raises(ValueError, match=r'\(B, H, W, 1\)'):
+    model.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, 64, 64, 3)))
