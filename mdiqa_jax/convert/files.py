@@ -44,9 +44,10 @@ def read_arrays(path) -> dict[str, np.ndarray]:
 
 
 def _as_float32(array):
+  """Floating arrays (float16 / bfloat16 / float64 included) as float32."""
   array = np.asarray(array)
-  return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) or \
-      array.dtype.name == 'bfloat16' else array
+  is_float = np.issubdtype(array.dtype, np.floating) or array.dtype.name == 'bfloat16'
+  return array.astype(np.float32) if is_float else array
 
 
 def _read_safetensors(path):
