@@ -1,0 +1,470 @@
+"""Randomised digital abdominal phantoms (axial slices in HU).
+
+A `Patient` is a list of `Shape`s drawn once from a seed: smooth star-shaped
+blobs (an ellipse whose radius is modulated by a few low harmonics) tagged
+with a tissue, painted in order (later shapes cover earlier ones), so organs
+may nest (cortex / medulla, bowel wall / content) and be clipped to a region
+(organs stay inside the abdominal cavity, lesions inside the liver). Each
+shape moves and grows linearly along z and may end (an ellipsoidal z
+profile), so the slices of one patient are neighbouring cross-sections of the
+same anatomy; liver lesions are spheres.
+
+Anatomy at about L1-L2, portal-venous contrast phase (the Mayo low-dose
+scans behind LDCTIQAC2023): skin, subcutaneous fat, abdominal wall muscle,
+rectus abdominis, paraspinal and psoas muscles, visceral fat, liver (with
+vessels and 0-3 low-contrast lesions of +-10..30 HU), spleen, kidneys (cortex
+and sinus), pancreas, stomach (with an air-fluid level), small-bowel loops
+(gas or fluid), colon (stool with gas), aorta, inferior vena cava, vertebra
+(cortical shell, trabecular body, canal, posterior elements), ribs, and the
+scanner couch. Tissue values are drawn per patient around textbook means,
+and smooth Gaussian-filtered noise textures (per-tissue amplitude) make
+organs non-flat. Patients vary in body size, fat thickness, organ sizes and
+positions, and lesions.
+
+Coordinates (mm): x to the image right (the patient's left, radiological
+convention), y to the image top (anterior), z along the patient.
+Rasterisation area-averages `supersample`^2 sub-pixels per pixel, so edges
+have partial-volume values; tissue masks mark pixels that are entirely one
+tissue (the "pure" pixels the simulated readers use as ROIs).
+"""
+import dataclasses
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+# Tissue: (mean HU, spread of the per-patient mean, texture std in HU,
+#          texture field: 'smooth' (~4 mm grain) or 'fine' (~1.5 mm)).
+TISSUES = {
+    'air': (-1000.0, 0.0, 0.0, 'smooth'),
+    'couch_shell': (250.0, 30.0, 5.0, 'smooth'),
+    'couch_core': (-850.0, 30.0, 5.0, 'smooth'),
+    'skin': (30.0, 10.0, 5.0, 'smooth'),
+    'subcutaneous_fat': (-105.0, 10.0, 8.0, 'smooth'),
+    'muscle': (52.0, 6.0, 8.0, 'smooth'),
+    'visceral_fat': (-95.0, 10.0, 12.0, 'smooth'),
+    'liver': (105.0, 15.0, 7.0, 'smooth'),
+    'hepatic_vessel': (150.0, 20.0, 4.0, 'smooth'),
+    'spleen': (115.0, 15.0, 6.0, 'smooth'),
+    'kidney_cortex': (170.0, 25.0, 8.0, 'smooth'),
+    'renal_sinus': (-40.0, 20.0, 15.0, 'smooth'),
+    'pancreas': (90.0, 12.0, 10.0, 'smooth'),
+    'stomach_wall': (70.0, 10.0, 6.0, 'smooth'),
+    'stomach_fluid': (15.0, 8.0, 5.0, 'smooth'),
+    'bowel_wall': (75.0, 10.0, 6.0, 'smooth'),
+    'bowel_fluid': (20.0, 10.0, 6.0, 'smooth'),
+    'gas': (-950.0, 30.0, 20.0, 'smooth'),
+    'stool': (-60.0, 40.0, 60.0, 'fine'),
+    'aorta': (170.0, 30.0, 3.0, 'smooth'),
+    'vena_cava': (125.0, 20.0, 3.0, 'smooth'),
+    'cortical_bone': (1000.0, 150.0, 60.0, 'fine'),
+    'trabecular_bone': (230.0, 50.0, 60.0, 'fine'),
+    'spinal_canal': (20.0, 8.0, 4.0, 'smooth'),
+    'costal_cartilage': (140.0, 30.0, 10.0, 'smooth'),
+}
+LESION_CONTRAST_HU = (10.0, 30.0)   # |lesion - liver|, uniform in this range.
+_MAX_LESIONS = 3
+# Tissues the simulated readers treat as homogeneous (noise ROIs).
+HOMOGENEOUS_TISSUES = ('liver', 'spleen', 'muscle')
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """One painted blob, in mm, at z = 0 plus its change along z.
+
+  Attributes:
+    tissue: key of the patient's tissue table.
+    centre: (x, y) at z = 0, mm.
+    axes: (a, b) semi-axes at z = 0, mm.
+    angle: rotation of the a axis from +x, radians.
+    harmonics: ((k, cos_amplitude, sin_amplitude), ...): the boundary radius
+      is multiplied by 1 + sum(c cos(k phi) + s sin(k phi)).
+    drift: (dx/dz, dy/dz) of the centre, mm per mm.
+    growth: relative change of the axes per mm of z.
+    z_extent: (z_centre, half_length) mm, or None for "all slices": the axes
+      are scaled by sqrt(1 - ((z - z_centre) / half_length)^2), so spheres and
+      ellipsoids have true cross-sections.
+    clip: paint only where the label already is this tissue, or inside the
+      abdominal cavity for 'cavity'; None paints everywhere.
+    min_y: paint only above this y (mm, relative to the centre), for
+      air-fluid levels; None paints the whole blob.
+  """
+  tissue: str
+  centre: tuple[float, float]
+  axes: tuple[float, float]
+  angle: float = 0.0
+  harmonics: tuple[tuple[int, float, float], ...] = ()
+  drift: tuple[float, float] = (0.0, 0.0)
+  growth: float = 0.0
+  z_extent: Optional[tuple[float, float]] = None
+  clip: Optional[str] = None
+  min_y: Optional[float] = None
+
+  def shrunk(self, thickness: float, tissue: str, **changes) -> 'Shape':
+    """The same blob with both semi-axes reduced by `thickness` mm."""
+    return dataclasses.replace(
+        self, tissue=tissue, axes=(self.axes[0] - thickness,
+                                   self.axes[1] - thickness), **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Patient:
+  """The anatomy of one simulated patient.
+
+  Attributes:
+    patient_seed: seeds the per-slice textures.
+    tissue_hu: tissue -> mean HU for this patient (lesions included).
+    shapes: painted in order.
+    lesion_contrast_hu: lesion tissue -> HU difference to the liver.
+  """
+  patient_seed: int
+  tissue_hu: dict[str, float]
+  shapes: tuple[Shape, ...]
+  lesion_contrast_hu: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  """A rasterised slice.
+
+  Attributes:
+    hu: (N, N) float32, HU, each pixel the area average of its sub-pixels.
+    masks: tissue-group name -> (N, N) bool of pixels made only of that
+      group: 'body' (any tissue but air and couch), one per
+      HOMOGENEOUS_TISSUES, and 'lesion' (any lesion).
+    lesions: ((mask (N, N) bool, contrast_hu), ...) of the lesions cut by
+      this slice with at least one pure pixel.
+  """
+  hu: np.ndarray
+  masks: dict[str, np.ndarray]
+  lesions: tuple[tuple[np.ndarray, float], ...]
+
+
+def _blob(tissue, centre, axes, rng, *, roughness=0.04, max_harmonic=4,
+          **kwargs) -> Shape:
+  """A Shape whose outline has random low harmonics of relative size ~roughness."""
+  harmonics = tuple(
+      (k, float(rng.normal(0.0, roughness / (k - 1))),
+       float(rng.normal(0.0, roughness / (k - 1))))
+      for k in range(2, max_harmonic + 1))
+  return Shape(tissue, (float(centre[0]), float(centre[1])),
+               (float(axes[0]), float(axes[1])), harmonics=harmonics, **kwargs)
+
+
+def _outline_point(shape: Shape, phi: float) -> tuple[float, float]:
+  """The point of the outline of an unrotated shape at polar angle phi (mm)."""
+  radius = 1.0 + sum(c * np.cos(k * phi) + s * np.sin(k * phi)
+                     for k, c, s in shape.harmonics)
+  return (shape.centre[0] + shape.axes[0] * radius * np.cos(phi),
+          shape.centre[1] + shape.axes[1] * radius * np.sin(phi))
+
+
+def sample_patient(rng: np.random.Generator, patient_seed: int,
+                   z_range_mm: float) -> Patient:
+  """Draws one patient's anatomy.
+
+  Args:
+    rng: the only source of randomness for the anatomy.
+    patient_seed: stored in the Patient, seeds the slice textures.
+    z_range_mm: length along z covered by this patient's slices (lesions are
+      placed where the slices are).
+
+  Returns:
+    A Patient; `render_slice` rasterises it at any z.
+  """
+  uniform, normal = rng.uniform, rng.normal
+
+  def drift(scale=0.15):
+    return (float(normal(0.0, scale)), float(normal(0.0, scale)))
+
+  tissue_hu = {name: float(mean + normal(0.0, spread)) if spread else mean
+               for name, (mean, spread, _, _) in TISSUES.items()}
+  shapes = []
+  # Couch: a curved carbon-fibre shell with a foam core under the patient.
+  half_a = uniform(140.0, 185.0)          # Body lateral semi-axis, mm.
+  half_b = half_a * uniform(0.68, 0.82)   # Anterior-posterior semi-axis.
+  couch_y = -half_b - uniform(2.0, 8.0) - 260.0
+  for tissue, inset in (('couch_shell', 0.0), ('couch_core', 2.0),
+                        ('couch_shell', 12.0), ('air', 14.0)):
+    shapes.append(Shape(tissue, (0.0, couch_y), (400.0 - inset, 268.0 - inset)))
+  # Body wall: skin, subcutaneous fat, muscle; the abdominal cavity inside.
+  body = _blob('skin', (0.0, 0.0), (half_a, half_b), rng, roughness=0.03,
+               growth=float(normal(0.0, 0.001)))
+  skin = uniform(1.5, 2.5)
+  subcutaneous = uniform(8.0, 35.0)
+  wall = uniform(7.0, 14.0)
+  shapes.append(body)
+  shapes.append(body.shrunk(skin, 'subcutaneous_fat'))
+  shapes.append(body.shrunk(skin + subcutaneous, 'muscle'))
+  cavity = body.shrunk(skin + subcutaneous + wall, 'visceral_fat')
+  shapes.append(cavity)
+  cavity_a, cavity_b = cavity.axes
+  # Rectus abdominis: two flat muscles either side of the midline, front wall.
+  front = cavity_b + wall * 0.3
+  for side in (-1.0, 1.0):
+    shapes.append(_blob('muscle', (side * uniform(22.0, 35.0), front),
+                        (uniform(28.0, 40.0), uniform(5.0, 8.0)), rng,
+                        angle=side * uniform(-0.25, -0.05)))
+  # Vertebra: body (cortical shell + trabecular), canal, posterior elements.
+  vertebra_r = uniform(17.0, 23.0)
+  vertebra_y = -cavity_b * uniform(0.45, 0.6)
+  canal_r = uniform(7.0, 10.0)
+  canal_y = vertebra_y - vertebra_r - canal_r + 2.0
+  # Paraspinal and psoas muscles (painted under the bone).
+  for side in (-1.0, 1.0):
+    shapes.append(_blob('muscle', (side * uniform(26.0, 36.0),
+                                   canal_y - uniform(12.0, 20.0)),
+                        (uniform(20.0, 28.0), uniform(24.0, 32.0)), rng,
+                        angle=side * uniform(0.1, 0.4), drift=drift(0.05)))
+    shapes.append(_blob('muscle', (side * (vertebra_r + uniform(10.0, 18.0)),
+                                   vertebra_y + uniform(-4.0, 8.0)),
+                        (uniform(10.0, 17.0), uniform(12.0, 20.0)), rng,
+                        angle=side * uniform(0.0, 0.5), growth=uniform(0.002, 0.01),
+                        clip='cavity'))
+  # Bowel: small-bowel loops (wall + gas or fluid) and colon (stool + gas).
+  for _ in range(int(rng.integers(6, 15))):
+    radius = uniform(8.0, 17.0)
+    centre = (uniform(-0.7, 0.7) * cavity_a,
+              uniform(vertebra_y + vertebra_r, cavity_b - radius))
+    loop = _blob('bowel_wall', centre, (radius, radius * uniform(0.6, 1.0)),
+                 rng, roughness=0.08, angle=uniform(0.0, np.pi),
+                 drift=drift(0.4), clip='cavity')
+    content = 'gas' if rng.random() < 0.4 else 'bowel_fluid'
+    shapes.append(loop)
+    shapes.append(loop.shrunk(uniform(1.5, 3.0), content))
+  for side in (-1.0, 1.0):
+    radius = uniform(16.0, 24.0)
+    colon = _blob('bowel_wall', (side * cavity_a * uniform(0.55, 0.75),
+                                 uniform(-0.1, 0.4) * cavity_b),
+                  (radius, radius * uniform(0.7, 1.0)), rng, roughness=0.1,
+                  drift=drift(0.2), clip='cavity')
+    shapes.append(colon)
+    shapes.append(colon.shrunk(2.0, 'stool'))
+    for _ in range(int(rng.integers(1, 5))):
+      bubble = uniform(2.0, 6.0)
+      offset = rng.normal(0.0, radius * 0.35, 2)
+      shapes.append(Shape('gas', (colon.centre[0] + offset[0],
+                                  colon.centre[1] + offset[1]),
+                          (bubble, bubble * uniform(0.6, 1.0)),
+                          drift=colon.drift, clip='stool'))
+  # Stomach (patient's left, anterior) with an air-fluid level.
+  stomach = _blob('stomach_wall', (cavity_a * uniform(0.2, 0.45),
+                                   cavity_b * uniform(0.2, 0.5)),
+                  (uniform(30.0, 45.0), uniform(20.0, 32.0)), rng,
+                  angle=uniform(-0.6, 0.2), growth=-uniform(0.005, 0.02),
+                  drift=drift(), clip='cavity')
+  shapes.append(stomach)
+  shapes.append(stomach.shrunk(uniform(3.0, 5.0), 'stomach_fluid'))
+  shapes.append(stomach.shrunk(uniform(3.0, 5.0), 'gas',
+                               min_y=uniform(-0.3, 0.5) * stomach.axes[1]))
+  # Liver (patient's right) with vessels; spleen (left posterior).
+  liver = _blob('liver', (-cavity_a * uniform(0.45, 0.6), cavity_b * uniform(-0.1, 0.2)),
+                (cavity_a * uniform(0.38, 0.52), cavity_b * uniform(0.55, 0.8)),
+                rng, roughness=0.06, angle=uniform(-0.3, 0.3),
+                growth=-uniform(0.002, 0.01), drift=drift(), clip='cavity')
+  shapes.append(liver)
+  for _ in range(int(rng.integers(2, 6))):
+    radius = uniform(2.0, 6.0)
+    shapes.append(Shape('hepatic_vessel',
+                        (liver.centre[0] + normal(0.0, 0.3) * liver.axes[0],
+                         liver.centre[1] + normal(0.0, 0.3) * liver.axes[1]),
+                        (radius, radius * uniform(0.6, 1.0)),
+                        drift=drift(0.3), clip='liver'))
+  shapes.append(_blob('spleen', (cavity_a * uniform(0.55, 0.75),
+                                 -cavity_b * uniform(0.2, 0.5)),
+                      (uniform(28.0, 45.0), uniform(15.0, 25.0)), rng,
+                      angle=uniform(-1.2, -0.5), growth=-uniform(0.0, 0.015),
+                      drift=drift(), clip='cavity'))
+  # Pancreas: elongated, in front of the spine towards the spleen.
+  shapes.append(_blob('pancreas', (uniform(5.0, 25.0),
+                                   vertebra_y + vertebra_r + uniform(25.0, 40.0)),
+                      (uniform(40.0, 60.0), uniform(8.0, 13.0)), rng,
+                      roughness=0.1, angle=uniform(0.0, 0.4), drift=drift(),
+                      clip='cavity'))
+  # Kidneys: cortex with a medial sinus, either side of the spine.
+  for side in (-1.0, 1.0):
+    kidney = _blob('kidney_cortex', (side * (vertebra_r + uniform(38.0, 55.0)),
+                                     vertebra_y + uniform(-10.0, 10.0)),
+                   (uniform(24.0, 32.0), uniform(17.0, 23.0)), rng,
+                   angle=side * uniform(0.3, 0.9), drift=drift(0.1),
+                   z_extent=(uniform(-0.5, 0.5) * z_range_mm,
+                             uniform(40.0, 60.0)), clip='cavity')
+    shapes.append(kidney)
+    sinus_offset = uniform(4.0, 9.0)
+    shapes.append(dataclasses.replace(
+        kidney.shrunk(kidney.axes[1] * uniform(0.6, 0.75), 'renal_sinus'),
+        centre=(kidney.centre[0] - side * sinus_offset, kidney.centre[1]),
+        clip='kidney_cortex'))
+  # Great vessels in front of the vertebra.
+  aorta_r = uniform(9.0, 13.0)
+  shapes.append(Shape('aorta', (uniform(5.0, 18.0),
+                                vertebra_y + vertebra_r + aorta_r + 1.0),
+                      (aorta_r, aorta_r * uniform(0.9, 1.0))))
+  shapes.append(Shape('vena_cava', (-uniform(20.0, 32.0),
+                                    vertebra_y + vertebra_r + uniform(8.0, 14.0)),
+                      (uniform(10.0, 16.0), uniform(7.0, 11.0)),
+                      angle=uniform(-0.3, 0.3)))
+  # Vertebra last among the deep structures: bone covers what it overlaps.
+  cortex = uniform(1.5, 2.5)
+  vertebra = _blob('cortical_bone', (0.0, vertebra_y),
+                   (vertebra_r * uniform(1.0, 1.15), vertebra_r), rng,
+                   roughness=0.03)
+  lamina = Shape('cortical_bone', (0.0, canal_y), (canal_r + 4.0, canal_r + 3.0))
+  spinous = Shape('cortical_bone', (0.0, canal_y - canal_r - uniform(12.0, 18.0)),
+                  (uniform(3.0, 5.0), uniform(12.0, 18.0)))
+  for side in (-1.0, 1.0):
+    shapes.append(Shape('cortical_bone',
+                        (side * (canal_r + uniform(12.0, 18.0)), canal_y + 3.0),
+                        (uniform(14.0, 20.0), uniform(3.5, 5.0)),
+                        angle=side * uniform(-0.3, 0.1)))
+  shapes.extend([vertebra, vertebra.shrunk(cortex, 'trabecular_bone'),
+                 spinous, spinous.shrunk(1.5, 'trabecular_bone'),
+                 lamina, lamina.shrunk(3.0, 'spinal_canal')])
+  # Ribs in the lateral wall (bone, or cartilage towards the front).
+  wall_middle = body.shrunk(skin + subcutaneous + wall * 0.5, 'muscle')
+  for side in (-1.0, 1.0):
+    # Angle from the anterior midline; costal cartilage towards the front.
+    for angle in np.sort(uniform(0.15, 0.85, size=int(rng.integers(2, 5)))) * np.pi:
+      centre = _outline_point(wall_middle, np.pi / 2 - side * angle)
+      size = (uniform(5.0, 8.0), uniform(3.5, 5.5))
+      tissue = 'costal_cartilage' if angle < 0.3 * np.pi else 'cortical_bone'
+      rib = Shape(tissue, centre, size, angle=float(side * (np.pi / 2 - angle)))
+      shapes.append(rib)
+      if tissue == 'cortical_bone':
+        shapes.append(rib.shrunk(1.5, 'trabecular_bone'))
+  # Liver lesions: spheres near the slices, hypo- or hyper-dense.
+  lesion_contrast = {}
+  for index in range(int(rng.integers(0, _MAX_LESIONS + 1))):
+    name = f'lesion{index}'
+    contrast = float(uniform(*LESION_CONTRAST_HU) * rng.choice([-1.0, -1.0, 1.0]))
+    lesion_contrast[name] = contrast
+    tissue_hu[name] = tissue_hu['liver'] + contrast
+    radius = uniform(5.0, 15.0)
+    shapes.append(Shape(
+        name, (liver.centre[0] + normal(0.0, 0.35) * liver.axes[0],
+               liver.centre[1] + normal(0.0, 0.35) * liver.axes[1]),
+        (radius, radius), z_extent=(uniform(-0.5, 0.5) * z_range_mm, radius),
+        drift=liver.drift, clip='liver'))
+  return Patient(patient_seed=int(patient_seed), tissue_hu=tissue_hu,
+                 shapes=tuple(shapes), lesion_contrast_hu=lesion_contrast)
+
+
+def _shape_at(shape: Shape, z_mm: float) -> Optional[tuple[float, float, float, float]]:
+  """(centre x, centre y, a, b) of the cross-section at z, or None if absent."""
+  scale = 1.0 + shape.growth * z_mm
+  if shape.z_extent is not None:
+    z_centre, half_length = shape.z_extent
+    along = (z_mm - z_centre) / half_length
+    if abs(along) >= 1.0:
+      return None
+    scale *= np.sqrt(1.0 - along**2)
+  if scale <= 0.05:
+    return None
+  return (shape.centre[0] + shape.drift[0] * z_mm,
+          shape.centre[1] + shape.drift[1] * z_mm,
+          shape.axes[0] * scale, shape.axes[1] * scale)
+
+
+def _texture(rng: np.random.Generator, shape: tuple[int, int],
+             sigma_pixels: float) -> np.ndarray:
+  """Unit-variance Gaussian-filtered white noise, float32."""
+  field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma_pixels,
+                                  mode='wrap')
+  return (field / field.std()).astype(np.float32)
+
+
+def render_slice(patient: Patient, z_mm: float, *, image_size: int,
+                 pixel_size_mm: float, supersample: int = 2,
+                 texture_rng: Optional[np.random.Generator] = None) -> Slice:
+  """Rasterises the patient's cross-section at z.
+
+  Args:
+    patient: from `sample_patient`.
+    z_mm: slice position along the patient, mm.
+    image_size: N, pixels per side.
+    pixel_size_mm: pixel side, mm.
+    supersample: sub-pixels per pixel side (area averaging at edges).
+    texture_rng: source of the tissue textures; None draws them from
+      (patient_seed, z_mm), so a slice is a pure function of its arguments.
+
+  Returns:
+    A Slice with hu (N, N) float32.
+  """
+  if texture_rng is None:
+    texture_rng = np.random.default_rng(
+        [patient.patient_seed, int(round(z_mm * 1000.0)) & 0xFFFFFFFF])
+  size = image_size * supersample
+  step = pixel_size_mm / supersample
+  coords = (np.arange(size) - (size - 1) / 2.0) * step
+  xs, ys = coords, -coords  # Row 0 at the top (anterior).
+  names = list(patient.tissue_hu)
+  tissue_id = {name: index for index, name in enumerate(names)}
+  label = np.full((size, size), tissue_id['air'], np.int16)
+  cavity = np.zeros((size, size), bool)
+
+  for shape in patient.shapes:
+    section = _shape_at(shape, z_mm)
+    if section is None:
+      continue
+    cx, cy, a, b = section
+    reach = max(a, b) * (1.0 + sum(abs(c) + abs(s) for _, c, s in shape.harmonics))
+    cols = slice(max(0, int(np.searchsorted(xs, cx - reach))),
+                 int(np.searchsorted(xs, cx + reach)) + 1)
+    # ys decreases with the row index.
+    rows = slice(max(0, int(np.searchsorted(-ys, -(cy + reach)))),
+                 int(np.searchsorted(-ys, -(cy - reach))) + 1)
+    dx = xs[cols][None, :] - cx
+    dy = ys[rows][:, None] - cy
+    cos, sin = np.cos(shape.angle), np.sin(shape.angle)
+    u = (dx * cos + dy * sin) / a
+    v = (-dx * sin + dy * cos) / b
+    radius2 = u * u + v * v
+    bound = np.ones_like(radius2)
+    if shape.harmonics:
+      phi = np.arctan2(v, u)
+      for k, c, s in shape.harmonics:
+        bound += c * np.cos(k * phi) + s * np.sin(k * phi)
+    inside = radius2 <= bound * bound
+    if shape.min_y is not None:
+      inside &= dy >= shape.min_y
+    if shape.clip == 'cavity':
+      inside &= cavity[rows, cols]
+    elif shape.clip is not None:
+      inside &= label[rows, cols] == tissue_id[shape.clip]
+    label[rows, cols][inside] = tissue_id[shape.tissue]
+    if shape.tissue == 'visceral_fat' and shape.clip is None:
+      cavity[rows, cols] |= inside
+
+  mean_hu = np.array([patient.tissue_hu[name] for name in names], np.float32)
+  texture_std = np.array(
+      [TISSUES[name if name in TISSUES else 'liver'][2] for name in names],
+      np.float32)
+  fine = np.array([TISSUES[name if name in TISSUES else 'liver'][3] == 'fine'
+                   for name in names])
+  smooth_field = _texture(texture_rng, (size, size), 4.0 / step)
+  fine_field = _texture(texture_rng, (size, size), 1.5 / step)
+  hu_fine = mean_hu[label] + texture_std[label] * np.where(
+      fine[label], fine_field, smooth_field)
+
+  def block_mean(array):
+    return array.reshape(image_size, supersample, image_size,
+                         supersample).mean(axis=(1, 3))
+
+  def pure(mask):
+    return block_mean(mask.astype(np.float32)) == 1.0
+
+  ids = {name: tissue_id[name] for name in names}
+  non_body = np.isin(label, [ids['air'], ids['couch_shell'], ids['couch_core']])
+  masks = {'body': pure(~non_body)}
+  for name in HOMOGENEOUS_TISSUES:
+    masks[name] = pure(label == ids[name])
+  lesions = []
+  any_lesion = np.zeros((image_size, image_size), bool)
+  for name, contrast in patient.lesion_contrast_hu.items():
+    mask = pure(label == ids[name])
+    if mask.any():
+      lesions.append((mask, contrast))
+      any_lesion |= mask
+  masks['lesion'] = any_lesion
+  return Slice(hu=block_mean(hu_fine).astype(np.float32), masks=masks,
+               lesions=tuple(lesions))
