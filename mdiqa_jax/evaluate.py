@@ -1,0 +1,242 @@
+r"""Evaluation: predictions over a split, challenge metrics, report files.
+
+  python -m mdiqa_jax.evaluate --workdir=DIR [--split=test] [--crops=5]
+
+loads the best checkpoint of a training workdir (or a step directory given as
+--checkpoint), predicts every slice of the split (averaging `crops` test-time
+views per slice), and writes to <workdir>/eval_<split>/ (or --output_dir):
+  metrics.json      PLCC, SROCC, KROCC, overall, number of slices, checkpoint
+  predictions.csv   index, label, score, uncertainty, per-scale scores
+  scatter.png       prediction vs label, uncertainty as error bars, metrics in
+                    the title
+The training job calls the same functions at the end of training.
+"""
+import csv
+import functools
+import json
+import math
+import os
+from typing import Any, Callable, Dict, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import ml_collections
+import numpy as np
+import tqdm
+
+from mdiqa_jax import checkpointing
+from mdiqa_jax import metrics as metrics_lib
+from mdiqa_jax import models
+from mdiqa_jax.data import pipeline
+
+Predictions = Dict[str, np.ndarray]
+PredictFn = Callable[[Any, jax.Array], Dict[str, jax.Array]]
+
+
+def make_predict_fn(model) -> PredictFn:
+  """jit(params, images (n, S, S, 1)) -> {'score', 'uncertainty' (n,), 'scale_scores' (n, K)}."""
+  def predict(params, images):
+    outputs = model.apply({'params': params}, images, train=False)
+    return {key: outputs[key] for key in ('score', 'uncertainty', 'scale_scores')}
+  return jax.jit(predict)
+
+
+def combine_crops(score: np.ndarray, uncertainty: np.ndarray,
+                  scale_scores: np.ndarray) -> Dict[str, np.ndarray]:
+  """Averages test-time views: (n, crops) scores -> (n,).
+
+  The uncertainty is the standard deviation of the equal mixture of the views'
+  predicted distributions: sqrt(mean(u_c^2) + var_c(score_c)) (law of total
+  variance), so disagreement between views raises it.
+  Args:
+    score, uncertainty: (n, crops) float.
+    scale_scores: (n, crops, K) float.
+  Returns:
+    {'score', 'uncertainty': (n,), 'scale_scores': (n, K)}.
+  """
+  return {
+      'score': score.mean(axis=1),
+      'uncertainty': np.sqrt(np.mean(uncertainty ** 2, axis=1) + score.var(axis=1)),
+      'scale_scores': scale_scores.mean(axis=1),
+  }
+
+
+def predict_split(config: ml_collections.ConfigDict, params: Any, split: str, *,
+                  crops: int = 1, predict_fn: Optional[PredictFn] = None,
+                  show_progress: bool = False) -> Predictions:
+  """Predicts every example of `split` once (all hosts take part).
+
+  Each host predicts its shard on its local devices (batch sharded over them);
+  the shards are then gathered, so every host returns the whole split.
+  Args:
+    config: the run config (data, model, eval_batch_size).
+    params: model parameters (host or device arrays).
+    split: TFDS split name (slicing allowed).
+    crops: test-time views per example (1 = centre window).
+    predict_fn: from make_predict_fn (built from config when None).
+    show_progress: tqdm bar with ETA on process 0.
+  Returns:
+    numpy arrays ordered by 'index' (position in the split): 'index' (N,)
+    int32, 'label' (N,), 'score' (N,), 'uncertainty' (N,), 'scale_scores' (N, K).
+  """
+  if crops < 1:
+    raise ValueError(f'crops must be >= 1, got {crops} (config.data.test_crops / --crops).')
+  process_count = jax.process_count()
+  local_devices = jax.local_devices()
+  batch_size = config.eval_batch_size // process_count
+  if config.eval_batch_size % process_count or batch_size % len(local_devices):
+    raise ValueError(
+        f'config.eval_batch_size={config.eval_batch_size} must be a multiple of the '
+        f'number of devices ({jax.device_count()}).')
+  if predict_fn is None:
+    predict_fn = make_predict_fn(models.create_model(config))
+  mesh = Mesh(np.asarray(local_devices), ('batch',))
+  params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  image_sharding = NamedSharding(mesh, PartitionSpec('batch'))
+
+  num_examples = pipeline.num_examples(config.data, split)
+  num_batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
+  batches = pipeline.create_eval_iterator(config.data, split, batch_size_per_host=batch_size,
+                                          crops=crops)
+  collected = {key: [] for key in ('index', 'label', 'valid', 'score', 'uncertainty',
+                                   'scale_scores')}
+  progress = tqdm.tqdm(batches, total=num_batches, desc=f'predict {split}', unit='batch',
+                       disable=not show_progress or jax.process_index() != 0)
+  for batch in progress:
+    images = np.asarray(batch['image'])
+    rows = images.shape[0]
+    outputs = jax.device_get(predict_fn(
+        params, jax.device_put(images.reshape((-1,) + images.shape[-3:]), image_sharding)))
+    views = combine_crops(outputs['score'].reshape(rows, crops),
+                          outputs['uncertainty'].reshape(rows, crops),
+                          outputs['scale_scores'].reshape(rows, crops, -1))
+    for key, value in views.items():
+      collected[key].append(value)
+    collected['index'].append(batch['index'])
+    collected['label'].append(batch['score'])
+    collected['valid'].append(batch['valid'])
+  gathered = {key: np.concatenate(values) for key, values in collected.items()}
+  if process_count > 1:
+    gathered = {key: np.concatenate(list(value)) for key, value in
+                multihost_utils.process_allgather(gathered).items()}
+  valid = gathered.pop('valid').astype(bool)
+  order = np.argsort(gathered['index'][valid], kind='stable')
+  predictions = {key: value[valid][order] for key, value in gathered.items()}
+  if predictions['index'].size != num_examples:
+    raise RuntimeError(f'Predicted {predictions["index"].size} examples of split {split!r}, '
+                       f'expected {num_examples}.')
+  return predictions
+
+
+def compute_metrics(predictions: Predictions) -> Dict[str, float]:
+  """PLCC / SROCC / KROCC / overall of predicted score vs label."""
+  return metrics_lib.all_metrics(predictions['score'], predictions['label'])
+
+
+def write_report(predictions: Predictions, metrics: Dict[str, float], output_dir: str, *,
+                 split: str, checkpoint: str) -> None:
+  """Writes metrics.json, predictions.csv and scatter.png into output_dir."""
+  os.makedirs(output_dir, exist_ok=True)
+  summary = dict(metrics, split=split, num_examples=int(predictions['index'].size),
+                 checkpoint=checkpoint)
+  with open(os.path.join(output_dir, 'metrics.json'), 'w', encoding='utf-8') as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+
+  num_scales = predictions['scale_scores'].shape[1]
+  with open(os.path.join(output_dir, 'predictions.csv'), 'w', newline='',
+            encoding='utf-8') as f:
+    writer = csv.writer(f)
+    writer.writerow(['index', 'label', 'score', 'uncertainty'] +
+                    [f'scale_score_{k}' for k in range(num_scales)])
+    for i in range(predictions['index'].size):
+      writer.writerow([int(predictions['index'][i])] +
+                      [f'{predictions[key][i]:.6f}' for key in ('label', 'score',
+                                                                 'uncertainty')] +
+                      [f'{value:.6f}' for value in predictions['scale_scores'][i]])
+
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axis = plt.subplots(figsize=(5.5, 5.5))
+  axis.errorbar(predictions['label'], predictions['score'], yerr=predictions['uncertainty'],
+                fmt='o', markersize=3, alpha=0.6, elinewidth=0.6)
+  axis.plot([0, 4], [0, 4], 'k--', linewidth=0.8)
+  axis.set(xlim=(-0.2, 4.2), ylim=(-0.2, 4.2), xlabel='label (mean radiologist score)',
+           ylabel='predicted score (± uncertainty)')
+  axis.set_title(f'{split} (n={predictions["index"].size}): PLCC {metrics["plcc"]:.4f}  '
+                 f'SROCC {metrics["srocc"]:.4f}\nKROCC {metrics["krocc"]:.4f}  '
+                 f'overall {metrics["overall"]:.4f}', fontsize=10)
+  axis.grid(alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(os.path.join(output_dir, 'scatter.png'), dpi=120)
+  plt.close(figure)
+
+
+def format_metrics(metrics: Dict[str, float]) -> str:
+  return '  '.join(f'{name.upper()} {metrics[name]:.4f}'
+                   for name in ('plcc', 'srocc', 'krocc', 'overall'))
+
+
+def evaluate_checkpoint(path: str, split: str, *, crops: Optional[int] = None,
+                        output_dir: Optional[str] = None, show_progress: bool = True,
+                        predict_fn: Optional[PredictFn] = None) -> Dict[str, float]:
+  """Evaluates a workdir's best checkpoint (or a step directory) on `split`.
+
+  Writes the report (process 0) into output_dir (default
+  <workdir>/eval_<split>) and returns the metrics. `predict_fn` (from
+  make_predict_fn of the same model) saves a compilation when the caller has one.
+  """
+  workdir, step = checkpointing.resolve_checkpoint(path)
+  config, params = checkpointing.load_for_inference(path)
+  crops = config.data.test_crops if crops is None else crops
+  predictions = predict_split(config, params, split, crops=crops, predict_fn=predict_fn,
+                              show_progress=show_progress)
+  metrics = compute_metrics(predictions)
+  if jax.process_index() == 0:
+    output_dir = output_dir or os.path.join(workdir, f'eval_{split.replace(":", "_")}')
+    write_report(predictions, metrics, output_dir, split=split,
+                 checkpoint=os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(step)))
+    logging.info('Wrote %s/{metrics.json,predictions.csv,scatter.png}', output_dir)
+  return metrics
+
+
+def _define_flags() -> Dict[str, Any]:
+  """Defines the command's flags (only when run as a command, so importing this
+  module from train / predict, which define flags of the same names, is safe)."""
+  return {
+      'workdir': flags.DEFINE_string('workdir', None, 'Training workdir to evaluate.'),
+      'checkpoint': flags.DEFINE_string(
+          'checkpoint', None, 'A step directory <workdir>/checkpoints/<step> to evaluate '
+          "instead of the workdir's best checkpoint."),
+      'split': flags.DEFINE_string('split', 'test', 'Split to evaluate (TFDS slicing allowed).'),
+      'crops': flags.DEFINE_integer(
+          'crops', None, 'Test-time views per slice (default: config.data.test_crops).'),
+      'output_dir': flags.DEFINE_string(
+          'output_dir', None, 'Report directory (default <workdir>/eval_<split>).'),
+  }
+
+
+def main(argv, command_flags: Dict[str, Any]):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  checkpointing.quiet_library_logging()
+  values = {name: holder.value for name, holder in command_flags.items()}
+  path = values['checkpoint'] or values['workdir']
+  if not path:
+    raise app.UsageError('Give --workdir=DIR (or --checkpoint=DIR/checkpoints/STEP).')
+  metrics = evaluate_checkpoint(path, values['split'], crops=values['crops'],
+                                output_dir=values['output_dir'])
+  print(f'{values["split"]}: {format_metrics(metrics)}')
+
+
+def run():
+  """Console entry point `mdiqa-evaluate`."""
+  app.run(functools.partial(main, command_flags=_define_flags()))
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,330 @@
+r"""Training job: build the data, train, checkpoint, evaluate on the test split.
+
+  python -m mdiqa_jax.train --config=configs/default.py --workdir=/tmp/mdiqa \
+      [--config.num_epochs=10 --config.optim.learning_rate=3e-4 ...]
+
+The default job builds the TFDS dataset if it is absent, trains for
+config.num_epochs (or config.num_train_steps when > 0), evaluates on
+config.data.eval_split every config.eval_every_steps steps, keeps checkpoints
+in <workdir>/checkpoints (last N + best-k by validation SROCC), and finally
+evaluates the best checkpoint on config.data.test_split, printing PLCC /
+SROCC / KROCC / overall and writing <workdir>/eval_<split>/. Rerunning the
+same command resumes from the last checkpoint (parameters, optimiser, step,
+RNG and data iterator position). SIGTERM (preemption) saves a checkpoint and
+exits with status 0; a NaN/inf loss stops the run with an error, keeping the
+last good checkpoint.
+
+Multi-host: set --config.distributed=True; `jax.distributed.initialize()`
+then finds the cluster by itself on Cloud TPU, SLURM and Open MPI, or from
+--coordinator_address / --num_processes / --process_id.
+"""
+import functools
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import tensorboardX
+
+from mdiqa_jax import checkpointing
+from mdiqa_jax import convert
+from mdiqa_jax import evaluate
+from mdiqa_jax import losses
+from mdiqa_jax import models
+from mdiqa_jax import optim
+from mdiqa_jax import train_step as train_step_lib
+from mdiqa_jax.data import pipeline
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/inf loss, gradient or parameter norm."""
+
+
+def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """config.num_train_steps when > 0, else num_epochs full passes (rounded)."""
+  num_train_steps = int(config.num_train_steps)
+  if num_train_steps > 0:
+    return num_train_steps
+  process_count = jax.process_count()
+  # The input pipeline drops the remainder of each host's shard every epoch.
+  steps_per_epoch = (num_train_examples // process_count) // (config.batch_size //
+                                                              process_count)
+  return max(1, int(round(config.num_epochs * steps_per_epoch)))
+
+
+def load_pretrained_backbones(config: ml_collections.ConfigDict, params: Any) -> Any:
+  """Replaces the ViT / ConvNeXt params by config.model.<family>.init_from files."""
+  params = dict(params)
+  for family in convert.FAMILIES:
+    path = config.model[family].init_from
+    if not path:
+      continue
+    if family not in params:
+      raise ValueError(f'config.model.{family}.init_from={path!r} but the model has no '
+                       f'{family} branch (config.model.use_vit / use_cnn).')
+    params[family], report = convert.load_pretrained(params[family], path, family,
+                                                     image_size=config.data.image_size)
+    logging.info('Pretrained %s from %s:\n%s', family, path, report.summary())
+  return params
+
+
+def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
+  devices = jax.device_count()
+  for field in ('batch_size', 'eval_batch_size'):
+    value = config[field]
+    if value < 1 or value % devices:
+      raise ValueError(f'config.{field}={value} must be a positive multiple of the number '
+                       f'of devices ({devices}: {jax.process_count()} host(s) x '
+                       f'{jax.local_device_count()}).')
+
+
+def _split_exists(data_config: ml_collections.ConfigDict, split: str) -> bool:
+  try:
+    return pipeline.num_examples(data_config, split) > 0
+  except (KeyError, ValueError):
+    return False
+
+
+class SummaryWriter:
+  """TensorBoard scalars under <workdir>/tensorboard, written by process 0 only.
+
+  tensorboardX writes the event files without TensorFlow (clu's writers need
+  TensorFlow, which the project does not install).
+  """
+
+  def __init__(self, workdir: str):
+    self._writer = None
+    if jax.process_index() == 0:
+      self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write_scalars(self, step: int, scalars: Dict[str, float]) -> None:
+    if self._writer is not None:
+      for tag, value in scalars.items():
+        self._writer.add_scalar(tag, value, step)
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def _host_means(history: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
+  return {key: float(np.mean([h[key] for h in history])) for key in history[0]}
+
+
+class _MetricsBuffer:
+  """Train metrics of recent steps, fetched lazily so steps stay pipelined."""
+
+  def __init__(self, parallel: train_step_lib.DataParallel):
+    self._parallel = parallel
+    self._on_device: List[Any] = []
+    self._steps: List[int] = []
+    self._on_host: List[Dict[str, np.ndarray]] = []
+
+  def add(self, step: int, metrics: Any) -> None:
+    self._steps.append(step)
+    self._on_device.append(metrics)
+
+  def check_finite(self, last_checkpoint: Optional[int], workdir: str) -> None:
+    """Fetches pending metrics; raises NonFiniteLossError on NaN/inf."""
+    for step, metrics in zip(self._steps, self._on_device):
+      values = self._parallel.fetch(metrics)
+      bad = {k: float(v) for k, v in values.items() if not np.isfinite(v)}
+      if bad:
+        where = (f'the last good checkpoint is step {last_checkpoint} in '
+                 f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}'
+                 if last_checkpoint is not None else 'no checkpoint was written')
+        raise NonFiniteLossError(
+            f'Non-finite training metrics at step {step}: {bad}. Training stopped; {where}. '
+            'Lower config.optim.learning_rate, raise config.optim.warmup_steps or set '
+            'config.optim.grad_clip_norm, then rerun (it resumes from that checkpoint).')
+      self._on_host.append(values)
+    self._on_device, self._steps = [], []
+
+  def pop_means(self) -> Dict[str, float]:
+    means = _host_means(self._on_host)
+    self._on_host = []
+    return means
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains (resuming from workdir if possible), then evaluates on the test split.
+
+  Returns:
+    {'step': steps done, 'preempted': bool, 'validation': last validation
+    metrics or None, 'test': test metrics or None}.
+  """
+  workdir = os.fspath(workdir)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  _check_batch_sizes(config)
+  if process_index == 0:
+    pipeline.prepare_dataset(config.data)
+  if process_count > 1:
+    multihost_utils.sync_global_devices('mdiqa_jax: dataset prepared')
+  num_train_examples = pipeline.num_examples(config.data, config.data.train_split)
+  total_steps = total_train_steps(config, num_train_examples)
+
+  model = models.create_model(config)
+  loss_fn = losses.make_loss_fn(config)
+  params_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = jax.jit(train_step_lib.init_params, static_argnums=(0, 2))(
+      model, params_rng, config.data.image_size)
+  params = load_pretrained_backbones(config, params)
+  logging.info('Model: %s parameters.', f'{models.count_params(params):,}')
+  tx, learning_rate_fn = optim.create_optimizer(config.optim, models.param_groups(params),
+                                                total_steps)
+  make_state = functools.partial(train_step_lib.create_train_state, params, tx, state_rng,
+                                 bool(config.optim.ema_decay))
+  parallel = train_step_lib.DataParallel(
+      train_step_lib.make_train_step(config, model, loss_fn, tx, learning_rate_fn),
+      config.parallel)
+  train_iterator = pipeline.create_train_iterator(
+      config.data, batch_size_per_host=config.batch_size // process_count, seed=config.seed,
+      process_index=process_index, process_count=process_count)
+  manager = checkpointing.create_manager(
+      workdir, keep_last=config.keep_checkpoints, keep_best=config.keep_best,
+      async_save=bool(config.async_checkpointing))
+
+  start_step = manager.latest_step() or 0
+  if start_step:
+    state = checkpointing.restore(
+        manager, start_step,
+        train_step_lib.abstract_state(make_state, parallel.replicated_sharding),
+        train_iterator)
+    logging.info('Resumed from %s at step %d.', workdir, start_step)
+  else:
+    state = make_state()
+  del params
+  state = parallel.replicate(state)
+  checkpointing.save_config(config, workdir)
+
+  eval_enabled = config.eval_every_steps > 0 and _split_exists(config.data,
+                                                               config.data.eval_split)
+  predict_fn = evaluate.make_predict_fn(model)
+  writer = SummaryWriter(workdir)
+  buffer = _MetricsBuffer(parallel)
+  validation = None
+  preempted = False
+  step = start_step
+  logging.info('Training %d steps (%d examples, global batch %d, %d device(s), %s).',
+               total_steps, num_train_examples, config.batch_size, jax.device_count(),
+               config.parallel)
+  window_start, window_steps = time.time(), 0
+  with checkpointing.PreemptionWatcher(manager) as watcher:
+    while step < total_steps:
+      batch = parallel.shard_batch(next(train_iterator))
+      state, metrics = parallel.step(state, batch)
+      step += 1
+      window_steps += 1
+      buffer.add(step, metrics)
+      is_last = step == total_steps
+      preempted = watcher.should_stop(step)
+      log_now = step % config.log_every_steps == 0 or is_last or preempted
+      eval_now = eval_enabled and (step % config.eval_every_steps == 0 or is_last)
+      save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
+      if not (log_now or eval_now or save_now):
+        continue
+      buffer.check_finite(manager.latest_step(), workdir)
+      if log_now:
+        elapsed = time.time() - window_start
+        means = buffer.pop_means()
+        means['steps_per_second'] = window_steps / elapsed
+        means['images_per_second'] = window_steps * config.batch_size / elapsed
+        writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+        eta = (total_steps - step) / means['steps_per_second']
+        logging.info('step %d/%d  loss %.4f  mae %.3f  lr %.2e  %.1f img/s  ETA %s', step,
+                     total_steps, means['loss'], means['mae'], means['learning_rate'],
+                     means['images_per_second'], _format_seconds(eta))
+        window_start, window_steps = time.time(), 0
+      step_validation = None
+      if eval_now:
+        eval_params = parallel.fetch(
+            state.ema_params if config.optim.ema_decay else state.params)
+        predictions = evaluate.predict_split(config, eval_params, config.data.eval_split,
+                                             predict_fn=predict_fn)
+        step_validation = validation = evaluate.compute_metrics(predictions)
+        writer.write_scalars(step, {f'validation/{k}': v for k, v in validation.items()})
+        logging.info('step %d validation (%s): %s', step, config.data.eval_split,
+                     evaluate.format_metrics(validation))
+      if save_now:
+        checkpointing.save(manager, step, parallel.to_global(state), train_iterator,
+                           metrics=step_validation)
+      if preempted:
+        logging.warning('SIGTERM: saved step %d to %s; rerun the same command to resume.',
+                        step, workdir)
+        break
+  manager.wait_until_finished()
+  manager.close()
+  result = {'step': step, 'preempted': preempted, 'validation': validation, 'test': None}
+  test_split = config.data.test_split
+  if preempted:
+    pass
+  elif test_split and _split_exists(config.data, test_split):
+    result['test'] = evaluate.evaluate_checkpoint(workdir, test_split, predict_fn=predict_fn,
+                                                  show_progress=process_index == 0)
+    writer.write_scalars(step, {f'test/{k}': v for k, v in result['test'].items()})
+    if process_index == 0:
+      print(f'{test_split}: {evaluate.format_metrics(result["test"])}', flush=True)
+  else:
+    logging.warning('No %r split in %s; skipping the test evaluation.', test_split,
+                    config.data.name)
+  writer.close()
+  return result
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+
+
+def _define_flags() -> Dict[str, Any]:
+  """Defines the command's flags (only when run as a command)."""
+  return {
+      'config': config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                                lock_config=True),
+      'workdir': flags.DEFINE_string('workdir', None,
+                                     'Directory for checkpoints, logs and reports.'),
+      'coordinator_address': flags.DEFINE_string(
+          'coordinator_address', None, 'host:port of process 0, for '
+          'jax.distributed.initialize when config.distributed (auto-detected if unset).'),
+      'num_processes': flags.DEFINE_integer(
+          'num_processes', None, 'Number of processes (with --coordinator_address).'),
+      'process_id': flags.DEFINE_integer('process_id', None,
+                                         'This process (with --coordinator_address).'),
+  }
+
+
+def main(argv, command_flags: Dict[str, Any]):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  values = {name: holder.value for name, holder in command_flags.items()}
+  config, workdir = values['config'], values['workdir']
+  if config is None or workdir is None:
+    raise app.UsageError('Give --config=configs/NAME.py and --workdir=DIR.')
+  checkpointing.quiet_library_logging()
+  if config.distributed:
+    jax.distributed.initialize(coordinator_address=values['coordinator_address'],
+                               num_processes=values['num_processes'],
+                               process_id=values['process_id'])
+  logging.info('JAX %s: process %d/%d, %d local / %d global device(s) (%s).',
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.default_backend())
+  try:
+    train_and_evaluate(config, workdir)
+  except NonFiniteLossError as e:
+    raise SystemExit(f'ERROR: {e}') from e
+
+
+def run():
+  """Console entry point `mdiqa-train`."""
+  app.run(functools.partial(main, command_flags=_define_flags()))
+
+
+if __name__ == '__main__':
+  run()

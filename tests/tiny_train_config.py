@@ -1,0 +1,44 @@
+"""Tiny MD-IQA on a tiny synthetic dataset: the training tests' config.
+
+`--config=tests/tiny_train_config.py:DATA_DIR` reads the dataset
+'ldct_iqa_synthetic/tiny' that `build_tiny_dataset(DATA_DIR)` wrote there.
+"""
+import dataclasses
+
+from mdiqa_jax.config_base import base_config
+
+IMAGE_SIZE = 32
+DATASET = 'ldct_iqa_synthetic/tiny'
+
+
+def build_tiny_dataset(data_dir: str) -> None:
+  """Writes 32 train / 8 validation / 8 test 32x32 slices (about a second)."""
+  from mdiqa_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from mdiqa_jax.data import synthetic_builder  # pylint: disable=g-import-not-at-top
+  spec = dataclasses.replace(
+      synthetic.SMALL_SPEC, image_size=IMAGE_SIZE, num_views_full=48,
+      split_patients={'train': 8, 'validation': 2, 'test': 2, 'unlabeled': 1},
+      slices_per_patient=4, dose_fractions=(1.0, 0.25), sparse_views=(16,), seed=3)
+  builder = synthetic_builder.LdctIqaSynthetic(
+      config=synthetic_builder.SyntheticConfig(name='tiny', spec=spec), data_dir=data_dir,
+      num_processes=1)
+  builder.download_and_prepare()
+
+
+def get_config(data_dir=None):
+  config = base_config()
+  config.data.name = DATASET
+  config.data.data_dir = data_dir
+  config.data.image_size = IMAGE_SIZE
+  config.model.vit.update(width=16, depth=2, num_heads=1, feature_blocks=(0, 1))
+  config.model.convnext.update(depths=(1, 1, 1, 1), widths=(8, 8, 8, 8))
+  config.model.align.width = 8
+  config.model.head.hidden = 16
+  config.optim.warmup_steps = 0
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.log_every_steps = 5
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 10
+  config.num_train_steps = 20
+  return config
