@@ -5,3 +5,4 @@ Importing this package registers the TFDS builders `ldct_iqa_synthetic`
 `tfds.builder('ldct_iqa_synthetic/small')` works.
 """
 from mdiqa_jax.data import ldctiqac2023  # pylint: disable=unused-import  (registers the builder)
+from mdiqa_jax.data import synthetic_builder  # pylint: disable=unused-import  (registers the builder)

@@ -53,8 +53,8 @@ def prepare_dataset(data_config: ml_collections.ConfigDict) -> tfds.core.Dataset
   Nothing is downloaded: the builders generate (synthetic) or read files from
   `data_config.manual_dir` (real data). Multi-host runs should build once
   beforehand into a shared `data_dir` (or let each host build its own local
-  copy; the builders are deterministic). Importing this package registered
-  the project's builders with TFDS.
+  copy; the builders are deterministic). The project's builders are
+  registered with TFDS by `mdiqa_jax.data`, which importing this module loads.
   """
   builder = tfds.builder(data_config.name, data_dir=data_config.data_dir)
   if not builder.is_prepared():

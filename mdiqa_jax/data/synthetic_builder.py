@@ -14,7 +14,8 @@ Any other `SyntheticSpec` can be built by passing
 `SyntheticConfig(name=..., spec=...)` as `config=` (tests use a tiny one).
 
 Splits: train / validation / test (labeled) and unlabeled (for
-semi-supervised training), patient-disjoint, sizes `synthetic.split_sizes`.
+semi-supervised training), patient-disjoint, sizes `synthetic.split_sizes`
+(a spec may leave a split out or empty; it is then absent).
 The unlabeled split keeps its simulated labels so that pseudo-label quality
 can be measured; training code must read only its images.
 
@@ -32,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mdiqa_jax.data import synthetic
+
 
 @dataclasses.dataclass(eq=False)
 class SyntheticConfig(tfds.core.BuilderConfig):
