@@ -342,6 +342,36 @@ def _backproject(filtered: np.ndarray, geometry: Geometry) -> np.ndarray:
   return image
 
 
+def noisy_line_integrals(line_integrals: np.ndarray, *, photons_per_bin: float,
+                         dose_fraction: float, electronic_noise: float,
+                         rng: np.random.Generator,
+                         min_counts: float = 1.0) -> np.ndarray:
+  """Simulates a (reduced-dose) measurement of noise-free line integrals.
+
+  Args:
+    line_integrals: (V, B) noise-free line integrals (dimensionless).
+    photons_per_bin: I0, mean unattenuated photons per bin and view at full
+      dose.
+    dose_fraction: in (0, 1]; scales I0 (tube current x time).
+    electronic_noise: std of the additive Gaussian detector noise, photons.
+    rng: the only source of randomness.
+    min_counts: counts are clamped to at least this before the log.
+
+  Returns:
+    (V, B) float32 noisy line integrals -log(counts / (I0 * dose_fraction)).
+  """
+  if not 0.0 < dose_fraction <= 1.0:
+    raise ValueError(f'dose_fraction must be in (0, 1], got {dose_fraction}.')
+  if not photons_per_bin > 0:
+    raise ValueError(f'photons_per_bin must be > 0, got {photons_per_bin}.')
+  blank = photons_per_bin * dose_fraction
+  expected = blank * np.exp(-np.asarray(line_integrals, dtype=np.float64))
+  counts = rng.poisson(expected) + rng.normal(0.0, electronic_noise,
+                                              expected.shape)
+  counts = np.maximum(counts, min_counts)
+  return (-np.log(counts / blank)).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=8)
 def _filter_response(num_detectors: int, filter_name: str) -> np.ndarray:
   """Frequency response of the band-limited ramp filter (rfft layout).

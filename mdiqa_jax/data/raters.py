@@ -41,7 +41,7 @@ from mdiqa_jax.data import phantoms
 # Population constants of the rater model (see the module docstring).
 REFERENCE_NOISE_HU = 11.0   # Artefact level of a good full-dose abdomen scan.
 SLOPE = 1.0                 # Likert points lost per doubling of artefacts.
-ROSE_CNR = 4.0              # Lesion contrast-to-noise a reader needs.
+ROSE_CNR = 3.0              # Lesion contrast-to-noise a reader needs.
 LESION_WEIGHT = 0.7         # Likert points lost for an invisible lesion.
 MAX_SCORE = 4
 
