@@ -69,7 +69,7 @@ def timm_loaded():
 
 def test_vit_matches_timm_every_block_tokens_and_pre_logits(timm_loaded):
   model, params, reference = timm_loaded
-  out = model.apply({'params': params}, reference['input'])
+  out = jax.jit(model.apply)({'params': params}, reference['input'])
   for block in (0, 1):
     np.testing.assert_allclose(out['features'][block],
                                timm_block_grid(reference, f'block_{block}', 4),
@@ -101,10 +101,11 @@ def test_vit_dropout_is_active_only_in_training():
   model = ViT(**{**FIXTURE_VIT, 'dropout': 0.5})
   images = jax.random.normal(jax.random.key(0), (1, 32, 32, 1))
   params = random_params(model, images)
-  evaluated = model.apply({'params': params}, images)['pre_logits']
-  again = model.apply({'params': params}, images)['pre_logits']
-  trained = model.apply({'params': params}, images, train=True,
-                        rngs={'dropout': jax.random.key(2)})['pre_logits']
+  apply = jax.jit(model.apply, static_argnames='train')
+  evaluated = apply({'params': params}, images)['pre_logits']
+  again = apply({'params': params}, images)['pre_logits']
+  trained = apply({'params': params}, images, train=True,
+                  rngs={'dropout': jax.random.key(2)})['pre_logits']
   np.testing.assert_array_equal(evaluated, again)
   assert float(jnp.abs(trained - evaluated).max()) > 1e-3
 
