@@ -1,5 +1,9 @@
 """Tiny MD-IQA on a tiny synthetic dataset: the training tests' config.
 
+The model is the ViT-only ablation with the distribution head: the deformable
+alignment multiplies compile time by about four, and these tests are about the
+training machinery (tests/mdiqa_test.py covers the full model).
+
 `--config=tests/tiny_train_config.py:DATA_DIR` reads the dataset
 'ldct_iqa_synthetic/tiny' that `build_tiny_dataset(DATA_DIR)` wrote there.
 """
@@ -31,8 +35,8 @@ def get_config(data_dir=None):
   config.data.data_dir = data_dir
   config.data.image_size = IMAGE_SIZE
   config.model.vit.update(width=16, depth=2, num_heads=1, feature_blocks=(0, 1))
-  config.model.convnext.update(depths=(1, 1, 1, 1), widths=(8, 8, 8, 8))
-  config.model.align.width = 8
+  config.model.use_cnn = False
+  config.model.use_alignment = False
   config.model.head.hidden = 16
   config.optim.warmup_steps = 0
   config.batch_size = 8
