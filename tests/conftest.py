@@ -1,4 +1,9 @@
-"""Shared test fixtures: CT DICOM files written with pydicom alone."""
+"""Shared test fixtures: CT DICOM files written with pydicom alone, a tiny checkpoint."""
+import functools
+import os
+import types
+
+import jax
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -100,3 +105,57 @@ def write_dicom_without_pixels():
     return path
   return write
 
+
+
+def tiny_config():
+  """The default config with a small, fast-compiling model on 64-pixel inputs."""
+  from mdiqa_jax.config_base import base_config  # pylint: disable=g-import-not-at-top
+  config = base_config()
+  config.data.image_size = 64
+  config.eval_batch_size = 4
+  config.model.vit.width = 32
+  config.model.vit.depth = 2
+  config.model.vit.feature_blocks = (0, 1)
+  config.model.convnext.widths = (8, 16, 32, 64)
+  config.model.align.width = 16
+  config.model.head.hidden = 16
+  return config
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory):
+  """A training workdir holding one checkpoint (step 1) of a freshly initialised tiny model.
+
+  Written the way training writes it (`checkpointing.save` of a TrainState,
+  `save_config`). Returns a namespace: workdir, step_dir, config, params.
+  """
+  from mdiqa_jax import checkpointing, models, optim, train_step  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  workdir = str(tmp_path_factory.mktemp('workdir'))
+  model = models.create_model(config)
+  # Random values in the layout init gives (eval_shape traces without compiling
+  # the init, which takes a minute on a loaded 2-core machine).
+  shapes = jax.eval_shape(functools.partial(train_step.init_params, model,
+                                            image_size=config.data.image_size),
+                          jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+
+  def random_leaf(path, leaf):
+    if leaf.ndim >= 2:  # Kernels and embeddings: fan-in scaled normal.
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+    if jax.tree_util.keystr(path).endswith("['scale']"):  # LayerNorm scales.
+      return (1.0 + 0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+    return (0.02 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+
+  params = jax.tree_util.tree_map_with_path(random_leaf, shapes)
+  tx, _ = optim.create_optimizer(config.optim, models.param_groups(params), total_steps=10)
+  state = train_step.create_train_state(params, tx, jax.random.PRNGKey(2), use_ema=False)
+  manager = checkpointing.create_manager(workdir, keep_last=1, keep_best=1, async_save=False)
+  checkpointing.save(manager, 1, state, metrics={'srocc': 0.5})
+  manager.wait_until_finished()
+  manager.close()
+  checkpointing.save_config(config, workdir)
+  return types.SimpleNamespace(
+      workdir=workdir, step_dir=os.path.join(workdir, checkpointing.CHECKPOINT_DIR, '1'),
+      config=config, params=jax.device_get(params))

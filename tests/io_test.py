@@ -211,7 +211,7 @@ def _bad_files(tmp_path, write_ct_dicom, write_dicom_without_pixels):
   _truncate(str(tmp_path / 'truncated.png'), 40)
   cases.append((str(tmp_path / 'truncated.png'), 'cannot read as a PNG'))
   (tmp_path / 'garbage.npy').write_bytes(os.urandom(100))
-  cases.append((str(tmp_path / 'garbage.npy'), 'cannot read as a .npy'))
+  cases.append((str(tmp_path / 'garbage.npy'), 'not a .npy file'))
   np.save(tmp_path / 'objects.npy', np.array([{'a': 1}], dtype=object), allow_pickle=True)
   cases.append((str(tmp_path / 'objects.npy'), 'cannot read as a .npy'))
   np.save(tmp_path / 'line.npy', np.zeros(64, np.float32))

@@ -1,7 +1,7 @@
 """From command-line paths to an ordered list of files, and from a file to slices.
 
-A path is a file or a folder. Folders are walked recursively (sorted, hidden
-entries skipped); a file in a folder is read when its extension names a
+A path is a file or a folder. Folders are walked recursively (files sorted by
+path, hidden entries skipped); a file in a folder is read when its extension names a
 supported format or when it starts like a DICOM file (DICOM files often have
 no extension), and is skipped otherwise. A file named on the command line
 must be one of those formats. DICOM files found under one path argument are
@@ -53,11 +53,12 @@ def file_format(path: str) -> Optional[str]:
 
 
 def _walk(folder: str) -> list[str]:
+  """Every non-hidden file under `folder`, sorted by path."""
   found = []
   for root, dirs, files in os.walk(folder):
-    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-    found.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith('.'))
-  return found
+    dirs[:] = [d for d in dirs if not d.startswith('.')]
+    found.extend(os.path.join(root, f) for f in files if not f.startswith('.'))
+  return sorted(found)
 
 
 def find_inputs(paths: Sequence[str]) -> InputFiles:

@@ -10,6 +10,8 @@ import numpy as np
 from mdiqa_jax.io import slices as slices_lib
 
 EXTENSIONS = ('.npy',)
+# First bytes of every .npy file (NEP 1).
+_MAGIC = b'\x93NUMPY'
 
 
 def read(path: str, intensity: str = 'auto') -> list[slices_lib.Slice]:
@@ -27,12 +29,13 @@ def read(path: str, intensity: str = 'auto') -> list[slices_lib.Slice]:
       (or holds Python objects), or has the wrong shape, dtype or NaN/inf.
   """
   try:
-    array = np.load(path, allow_pickle=False)
+    with open(path, 'rb') as f:
+      is_npy = f.read(len(_MAGIC)) == _MAGIC
+    array = np.load(path, allow_pickle=False) if is_npy else None
   except (OSError, ValueError, EOFError) as e:
     raise slices_lib.InputFileError(path, f'cannot read as a .npy array: {e}') from e
-  if not isinstance(array, np.ndarray):
-    array.close()
-    raise slices_lib.InputFileError(path, 'holds an archive of arrays, expected one array.')
+  if array is None:
+    raise slices_lib.InputFileError(path, 'not a .npy file (no NumPy header).')
   stack = slices_lib.as_stack(path, array)
   stack, kind = slices_lib.intensity_of_array(path, stack, intensity)
   return slices_lib.slices_of_stack(path, stack, kind)

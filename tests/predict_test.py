@@ -1,0 +1,230 @@
+"""mdiqa-predict: scores against the model on hand-made inputs, formats, bad inputs, CLI."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from mdiqa_jax import models
+from mdiqa_jax import predict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _phantom_hu(shape=(120, 100), seed=0):
+  """Integer HU: a soft-tissue ellipse with noise, in air (a CT-like slice)."""
+  rows, cols = np.mgrid[:shape[0], :shape[1]]
+  inside = (((rows - shape[0] / 2) / (0.4 * shape[0])) ** 2 +
+            ((cols - shape[1] / 2) / (0.4 * shape[1])) ** 2) < 1
+  noise = np.random.default_rng(seed).normal(0.0, 40.0, shape)
+  return np.round(np.where(inside, 50.0 + noise, -1000.0)).astype(np.int16)
+
+
+def _window(hu):
+  """The soft-tissue window written out: width 350, level 40 -> [-135, 215] HU."""
+  return np.clip((hu.astype(np.float64) + 135.0) / 350.0, 0.0, 1.0).astype(np.float32)
+
+
+def _reference_outputs(checkpoint, views):
+  """The model applied to (n, S, S, 1) views directly, outside predict."""
+  model = models.create_model(checkpoint.config)
+  apply = jax.jit(lambda params, images: model.apply({'params': params}, images))
+  return jax.device_get(apply(checkpoint.params, jnp.asarray(views)))
+
+
+def _resize(window, size):
+  """Antialiased bilinear resize of a (h, w) window, jax's implementation."""
+  return np.asarray(jax.image.resize(jnp.asarray(window), (size, size), 'linear',
+                                     antialias=True))
+
+
+def _predict_rows(checkpoint, paths, **kwargs):
+  return predict.predict_paths(checkpoint.config, checkpoint.params, paths, **kwargs)
+
+
+def test_score_is_the_model_on_the_windowed_centre_crop(tiny_checkpoint, tmp_path):
+  hu = _phantom_hu()
+  np.save(tmp_path / 'slice.npy', hu)
+  (row,), failures = _predict_rows(tiny_checkpoint, [str(tmp_path / 'slice.npy')])
+  assert not failures
+  # Centre square of side round(0.875 * 100) = 88 px, windowed, resized to 64.
+  side = 88
+  top, left = (120 - side) // 2, (100 - side) // 2
+  view = _resize(_window(hu)[top:top + side, left:left + side], 64)
+  expected = _reference_outputs(tiny_checkpoint, view[None, :, :, None])
+  assert row['score'] == pytest.approx(float(expected['score'][0]), abs=1e-4)
+  assert row['uncertainty'] == pytest.approx(float(expected['uncertainty'][0]), abs=1e-4)
+  for k in range(3):
+    assert row[f'scale_score_{k}'] == pytest.approx(float(expected['scale_scores'][0, k]),
+                                                    abs=1e-4)
+  assert (row['file'], row['slice'], row['height'], row['width'], row['intensity']) == (
+      str(tmp_path / 'slice.npy'), 0, 120, 100, 'hu')
+
+
+def test_five_crops_average_scores_and_combine_uncertainties(tiny_checkpoint, tmp_path):
+  hu = _phantom_hu((96, 96), seed=1)
+  np.save(tmp_path / 'slice.npy', hu)
+  preprocessing = predict.Preprocessing.from_config(tiny_checkpoint.config, crops=5)
+  (row,), _ = _predict_rows(tiny_checkpoint, [str(tmp_path / 'slice.npy')],
+                            preprocessing=preprocessing)
+  side, far = 84, 96 - 84  # round(0.875 * 96) = 84.
+  unit = _window(hu)
+  corners = [(0, 0), (0, far), (far, 0), (far, far), (far // 2, far // 2)]
+  views = np.stack([_resize(unit[t:t + side, l:l + side], 64) for t, l in corners])[..., None]
+  outputs = _reference_outputs(tiny_checkpoint, views)
+  scores, spreads = outputs['score'].astype(np.float64), outputs['uncertainty'].astype(np.float64)
+  # Mixture of the five views' distributions: law of total variance.
+  assert row['score'] == pytest.approx(scores.mean(), abs=1e-4)
+  assert row['uncertainty'] == pytest.approx(
+      np.sqrt(np.mean(spreads ** 2) + np.var(scores)), abs=1e-4)
+
+
+def test_same_slice_as_dicom_tiff_npy_and_png_gives_the_same_score(
+    tiny_checkpoint, tmp_path, write_ct_dicom):
+  hu = _phantom_hu((128, 128), seed=2)
+  # DICOM stores (HU + 1024) * 2 with slope 0.5 and intercept -1024.
+  write_ct_dicom(str(tmp_path / 'slice.dcm'), ((hu.astype(np.int32) + 1024) * 2).astype(np.uint16),
+                 slope=0.5, intercept=-1024.0)
+  tifffile.imwrite(tmp_path / 'hu.tif', hu.astype(np.float32))
+  tifffile.imwrite(tmp_path / 'windowed.tif', _window(hu))
+  np.save(tmp_path / 'hu.npy', hu)
+  Image.fromarray(np.round(_window(hu) * 65535).astype(np.uint16)).save(tmp_path / 'w16.png')
+  names = ['slice.dcm', 'hu.tif', 'windowed.tif', 'hu.npy', 'w16.png']
+  rows, failures = _predict_rows(tiny_checkpoint, [str(tmp_path / n) for n in names])
+  assert not failures
+  scores = {os.path.basename(r['file']): np.array(
+      [r['score'], r['uncertainty']] + [r[f'scale_score_{k}'] for k in range(3)]) for r in rows}
+  for name in ['hu.tif', 'windowed.tif', 'hu.npy']:
+    np.testing.assert_allclose(scores[name], scores['slice.dcm'], rtol=0, atol=1e-4)
+  # A 16-bit PNG quantises the window to steps of 1/65535.
+  np.testing.assert_allclose(scores['w16.png'], scores['slice.dcm'], rtol=0, atol=1e-3)
+
+
+def test_batch_size_does_not_change_scores(tiny_checkpoint, tmp_path):
+  stack = np.stack([_phantom_hu((64, 80), seed=s) for s in range(5)])
+  np.save(tmp_path / 'stack.npy', stack)
+  by_batch = {}
+  for batch_size in (1, 2, 8):
+    rows, _ = _predict_rows(tiny_checkpoint, [str(tmp_path / 'stack.npy')],
+                            batch_size=batch_size)
+    assert [r['slice'] for r in rows] == [0, 1, 2, 3, 4]
+    by_batch[batch_size] = np.array([r['score'] for r in rows])
+  np.testing.assert_allclose(by_batch[1], by_batch[8], atol=1e-5)
+  np.testing.assert_allclose(by_batch[2], by_batch[8], atol=1e-5)
+  assert np.ptp(by_batch[8]) > 0  # The slices differ, and so do their scores.
+
+
+def _options(checkpoint, inputs, **kwargs):
+  return predict.Options(checkpoint=checkpoint, inputs=[str(p) for p in inputs],
+                         progress=False, **kwargs)
+
+
+def _read_csv(path):
+  with open(path, newline='', encoding='utf-8') as f:
+    return list(csv.DictReader(f))
+
+
+def test_command_scores_a_folder_reports_bad_files_and_exits_2(
+    tiny_checkpoint, tmp_path, capsys, write_ct_dicom, write_dicom_without_pixels):
+  scans = tmp_path / 'scans'
+  (scans / 'series').mkdir(parents=True)
+  for z in (10.0, 0.0, 5.0):
+    write_ct_dicom(str(scans / 'series' / f'IM{int(z):03d}'), _phantom_hu((96, 96)).astype(
+        np.int16), slope=1.0, intercept=0.0, z_mm=z)
+  np.save(scans / 'stack.npy', np.stack([_phantom_hu((70, 70), seed=s) for s in range(2)]))
+  write_dicom_without_pixels(str(scans / 'report.dcm'))
+  np.save(scans / 'nan.npy', np.full((64, 64), np.nan, np.float32))
+  output = tmp_path / 'scores.csv'
+  status = predict.predict_command(_options(tiny_checkpoint.workdir, [scans],
+                                            output=str(output)))
+  assert status == predict.EXIT_SOME_FAILED
+  rows = _read_csv(output)
+  scored = [r for r in rows if not r['error']]
+  assert [(os.path.basename(r['file']), r['slice'], r['z_mm']) for r in scored] == [
+      ('IM000', '0', '0.000000'), ('IM005', '0', '5.000000'), ('IM010', '0', '10.000000'),
+      ('stack.npy', '0', ''), ('stack.npy', '1', '')]
+  for row in scored:
+    assert 0.0 <= float(row['score']) <= 4.0 and float(row['uncertainty']) > 0.0
+    assert {'scale_score_0', 'scale_score_1', 'scale_score_2'} <= set(row)
+  failed = {os.path.basename(r['file']): r['error'] for r in rows if r['error']}
+  assert set(failed) == {'report.dcm', 'nan.npy'}
+  assert 'without pixel data' in failed['report.dcm'] and 'NaN/inf' in failed['nan.npy']
+  stderr = capsys.readouterr().err
+  assert f'failed: {scans / "nan.npy"}: ' in stderr and 'scored 5 slices; 2 files failed' in stderr
+
+
+def test_command_never_overwrites_without_overwrite_and_writes_json(tiny_checkpoint, tmp_path,
+                                                                     capsys):
+  np.save(tmp_path / 'a.npy', _phantom_hu((64, 64)))
+  output = tmp_path / 'out.json'
+  output.write_text('precious')
+  options = _options(tiny_checkpoint.step_dir, [tmp_path / 'a.npy'], output=str(output))
+  assert predict.predict_command(options) == predict.EXIT_FATAL
+  assert output.read_text() == 'precious'
+  assert f'{output}: already exists; pass --overwrite' in capsys.readouterr().err
+  options = _options(tiny_checkpoint.step_dir, [tmp_path / 'a.npy'], output=str(output),
+                     overwrite=True)
+  assert predict.predict_command(options) == 0
+  result = json.loads(output.read_text())
+  assert [s['file'] for s in result['slices']] == [str(tmp_path / 'a.npy')]
+  assert result['failures'] == []
+  assert result['settings']['image_size'] == 64 and result['settings']['window_width'] == 350
+  assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]  # No temporary left.
+
+
+def test_missing_or_incompatible_checkpoint_is_a_clear_error(tiny_checkpoint, tmp_path, capsys):
+  np.save(tmp_path / 'a.npy', _phantom_hu((64, 64)))
+  missing = str(tmp_path / 'no_such_run')
+  assert predict.predict_command(_options(missing, [tmp_path / 'a.npy'])) == predict.EXIT_FATAL
+  assert f'{missing}: no such checkpoint directory.' in capsys.readouterr().err
+  with pytest.raises(predict.CheckpointError, match=f'^{tmp_path}: cannot load'):
+    predict.load_checkpoint(str(tmp_path))  # A folder, but not a workdir.
+  # The same checkpoint with a config describing a wider head.
+  incompatible = tmp_path / 'incompatible'
+  incompatible.mkdir()
+  os.symlink(os.path.join(tiny_checkpoint.workdir, 'checkpoints'), incompatible / 'checkpoints')
+  config = json.loads(open(os.path.join(tiny_checkpoint.workdir, 'config.json')).read())
+  config['model']['head']['hidden'] = 24
+  (incompatible / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(predict.CheckpointError, match=f'^{incompatible}: cannot load'):
+    predict.load_checkpoint(str(incompatible))
+
+
+def test_heatmaps_one_png_per_slice_and_no_overwrite(tiny_checkpoint, tmp_path):
+  np.save(tmp_path / 'stack.npy', np.stack([_phantom_hu((72, 64), seed=s) for s in range(2)]))
+  heatmaps = tmp_path / 'heatmaps'
+  options = _options(tiny_checkpoint.workdir, [tmp_path / 'stack.npy'], heatmap=str(heatmaps),
+                     output=str(tmp_path / 'out.csv'))
+  assert predict.predict_command(options) == 0
+  assert sorted(os.listdir(heatmaps)) == ['stack_slice0000.png', 'stack_slice0001.png']
+  with Image.open(heatmaps / 'stack_slice0001.png') as image:
+    assert image.size[0] > 300 and image.size[1] > 100
+  again = _options(tiny_checkpoint.workdir, [tmp_path / 'stack.npy'], heatmap=str(heatmaps),
+                   output=str(tmp_path / 'other.csv'))
+  assert predict.predict_command(again) == predict.EXIT_FATAL
+
+
+def test_python_dash_m_command_line(tiny_checkpoint, tmp_path):
+  np.save(tmp_path / 'a.npy', _phantom_hu((64, 64)))
+  (tmp_path / 'broken.png').write_bytes(b'\x89PNG not really')
+  output = tmp_path / 'out.csv'
+  result = subprocess.run(
+      [sys.executable, '-m', 'mdiqa_jax.predict', '--checkpoint', tiny_checkpoint.workdir,
+       '--output', str(output), '--batch_size=2', '--noprogress', str(tmp_path / 'a.npy'),
+       str(tmp_path / 'broken.png')],
+      capture_output=True, text=True, cwd=REPO, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu',
+               PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])))
+  assert result.returncode == predict.EXIT_SOME_FAILED, result.stderr
+  rows = _read_csv(output)
+  assert [os.path.basename(r['file']) for r in rows] == ['a.npy', 'broken.png']
+  assert rows[0]['error'] == '' and 0.0 <= float(rows[0]['score']) <= 4.0
+  assert 'cannot read as a PNG' in rows[1]['error']
+  assert f'{tmp_path / "broken.png"}: cannot read as a PNG' in result.stderr
