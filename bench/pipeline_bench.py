@@ -1,7 +1,10 @@
 r"""Times building the default dataset and reading it through the input pipeline.
 
 1. Build `ldct_iqa_synthetic/small` (the default) from scratch into a fresh
-   temporary data_dir: wall time, and simulated examples per second.
+   temporary data_dir: wall time, simulated examples per second, and CPU
+   time (this process + its worker processes): on a shared machine the wall
+   time depends on the load; CPU time / number of CPUs is the build time on
+   otherwise idle cores.
 2. Train iterator (batch --batch_size at config.data.image_size, random crops
    and flips): examples per second over --batches batches after --warmup
    untimed ones, in-process (num_workers=0) and with worker processes.
@@ -14,6 +17,7 @@ Prints a table and writes bench/results/pipeline_bench.json.
 import json
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -40,14 +44,27 @@ _OUTPUT = flags.DEFINE_string(
                            'pipeline_bench.json'), 'JSON file to write.')
 
 
+def _cpu_seconds() -> float:
+  """CPU time of this process and its finished children (the pool workers)."""
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _time_build(data_config) -> dict:
-  start = time.perf_counter()
+  cpu_start, start = _cpu_seconds(), time.perf_counter()
   builder = pipeline.prepare_dataset(data_config)
   seconds = time.perf_counter() - start
+  cpu_seconds = _cpu_seconds() - cpu_start
   sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
   total = sum(sizes.values())
+  cpus = len(os.sched_getaffinity(0))
   return {'seconds': seconds, 'split_sizes': sizes, 'examples': total,
           'examples_per_second': total / seconds,
+          'cpu_seconds': cpu_seconds,
+          'load_average_1min_at_end': os.getloadavg()[0],
+          # What the build takes when no other process competes for the cores.
+          'cpu_seconds_per_available_cpu': cpu_seconds / cpus,
           'image_shape': list(builder.info.features['image'].shape)}
 
 
@@ -90,9 +107,12 @@ def main(argv):
     data_config.name = _DATASET.value
     data_config.data_dir = data_dir
     build = _time_build(data_config)
-    print(f'build {_DATASET.value}: {build["seconds"]:.1f} s for '
+    print(f'build {_DATASET.value}: {build["seconds"]:.1f} s wall '
+          f'({build["cpu_seconds"]:.0f} CPU s = '
+          f'{build["cpu_seconds_per_available_cpu"]:.0f} s per CPU) for '
           f'{build["examples"]} examples ({build["examples_per_second"]:.2f}/s), '
-          f'splits {build["split_sizes"]}, image {build["image_shape"]}')
+          f'splits {build["split_sizes"]}, image {build["image_shape"]}, '
+          f'load average {os.getloadavg()[0]:.1f}')
     train = []
     for workers in map(int, _WORKERS.value):
       train.append(_time_train(data_config, workers))
