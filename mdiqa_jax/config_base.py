@@ -23,9 +23,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.test_split = 'test'
   config.data.unlabeled_split = 'unlabeled'
   config.data.image_size = 128      # Model input side, pixels (crop / resize target).
-  config.data.random_crop = True    # Train-time random crops (quality preserving).
+  # Each slice is cut to a square window of side crop_fraction * min(H, W) (random
+  # position in training, centred in evaluation / predict), then resized to
+  # image_size; every slice is resampled by the same factor at train and test time.
+  config.data.crop_fraction = 0.875
+  config.data.random_crop = True    # Train-time random window position (quality preserving).
   config.data.random_flip = True    # Train-time horizontal + vertical flips.
-  config.data.shuffle_buffer = 1024
   config.data.num_workers = 0       # grain worker processes (0 = in-process).
   config.data.test_crops = 1        # Test-time multi-crop averaging (1 = centre only).
 
