@@ -82,7 +82,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   items = {'state': ocp.args.PyTreeSave(state)}
   if data_iterator is not None:
     items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-  metrics = {k: float(v) for k, v in metrics.items()} if metrics else None
+  # Steps without validation get empty metrics: they rank last among the best
+  # (ties go to the latest step) and Orbax does not warn about missing metrics.
+  metrics = {k: float(v) for k, v in (metrics or {}).items()}
   return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 

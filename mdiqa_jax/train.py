@@ -109,6 +109,10 @@ class SummaryWriter:
       for tag, value in scalars.items():
         self._writer.add_scalar(tag, value, step)
 
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
@@ -131,19 +135,13 @@ class _MetricsBuffer:
     self._steps.append(step)
     self._on_device.append(metrics)
 
-  def check_finite(self, last_checkpoint: Optional[int], workdir: str) -> None:
+  def check_finite(self) -> None:
     """Fetches pending metrics; raises NonFiniteLossError on NaN/inf."""
     for step, metrics in zip(self._steps, self._on_device):
       values = self._parallel.fetch(metrics)
       bad = {k: float(v) for k, v in values.items() if not np.isfinite(v)}
       if bad:
-        where = (f'the last good checkpoint is step {last_checkpoint} in '
-                 f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}'
-                 if last_checkpoint is not None else 'no checkpoint was written')
-        raise NonFiniteLossError(
-            f'Non-finite training metrics at step {step}: {bad}. Training stopped; {where}. '
-            'Lower config.optim.learning_rate, raise config.optim.warmup_steps or set '
-            'config.optim.grad_clip_norm, then rerun (it resumes from that checkpoint).')
+        raise NonFiniteLossError(f'Non-finite training metrics at step {step}: {bad}.')
       self._on_host.append(values)
     self._on_device, self._steps = [], []
 
@@ -209,73 +207,94 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   predict_fn = evaluate.make_predict_fn(model)
   writer = SummaryWriter(workdir)
   buffer = _MetricsBuffer(parallel)
-  validation = None
-  preempted = False
-  step = start_step
+  result = {'step': start_step, 'preempted': False, 'validation': None, 'test': None}
   logging.info('Training %d steps (%d examples, global batch %d, %d device(s), %s).',
                total_steps, num_train_examples, config.batch_size, jax.device_count(),
                config.parallel)
+  step = start_step
   window_start, window_steps = time.time(), 0
-  with checkpointing.PreemptionWatcher(manager) as watcher:
-    while step < total_steps:
-      batch = parallel.shard_batch(next(train_iterator))
-      state, metrics = parallel.step(state, batch)
-      step += 1
-      window_steps += 1
-      buffer.add(step, metrics)
-      is_last = step == total_steps
-      preempted = watcher.should_stop(step)
-      log_now = step % config.log_every_steps == 0 or is_last or preempted
-      eval_now = eval_enabled and (step % config.eval_every_steps == 0 or is_last)
-      save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
-      if not (log_now or eval_now or save_now):
-        continue
-      buffer.check_finite(manager.latest_step(), workdir)
-      if log_now:
-        elapsed = time.time() - window_start
-        means = buffer.pop_means()
-        means['steps_per_second'] = window_steps / elapsed
-        means['images_per_second'] = window_steps * config.batch_size / elapsed
-        writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
-        eta = (total_steps - step) / means['steps_per_second']
-        logging.info('step %d/%d  loss %.4f  mae %.3f  lr %.2e  %.1f img/s  ETA %s', step,
-                     total_steps, means['loss'], means['mae'], means['learning_rate'],
-                     means['images_per_second'], _format_seconds(eta))
-        window_start, window_steps = time.time(), 0
-      step_validation = None
-      if eval_now:
-        eval_params = parallel.fetch(
-            state.ema_params if config.optim.ema_decay else state.params)
-        predictions = evaluate.predict_split(config, eval_params, config.data.eval_split,
-                                             predict_fn=predict_fn)
-        step_validation = validation = evaluate.compute_metrics(predictions)
-        writer.write_scalars(step, {f'validation/{k}': v for k, v in validation.items()})
-        logging.info('step %d validation (%s): %s', step, config.data.eval_split,
-                     evaluate.format_metrics(validation))
-      if save_now:
-        checkpointing.save(manager, step, parallel.to_global(state), train_iterator,
-                           metrics=step_validation)
-      if preempted:
-        logging.warning('SIGTERM: saved step %d to %s; rerun the same command to resume.',
-                        step, workdir)
-        break
-  manager.wait_until_finished()
-  manager.close()
-  result = {'step': step, 'preempted': preempted, 'validation': validation, 'test': None}
-  test_split = config.data.test_split
-  if preempted:
-    pass
-  elif test_split and _split_exists(config.data, test_split):
-    result['test'] = evaluate.evaluate_checkpoint(workdir, test_split, predict_fn=predict_fn,
-                                                  show_progress=process_index == 0)
-    writer.write_scalars(step, {f'test/{k}': v for k, v in result['test'].items()})
-    if process_index == 0:
-      print(f'{test_split}: {evaluate.format_metrics(result["test"])}', flush=True)
-  else:
-    logging.warning('No %r split in %s; skipping the test evaluation.', test_split,
-                    config.data.name)
-  writer.close()
+  try:
+    with checkpointing.PreemptionWatcher(manager) as watcher:
+      while step < total_steps:
+        state, metrics = parallel.step(state, parallel.shard_batch(next(train_iterator)))
+        step += 1
+        window_steps += 1
+        buffer.add(step, metrics)
+        is_last = step == total_steps
+        preempted = watcher.should_stop(step)
+        log_now = step % config.log_every_steps == 0 or is_last or preempted
+        eval_now = eval_enabled and (step % config.eval_every_steps == 0 or is_last)
+        save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
+        if not (log_now or eval_now or save_now):
+          continue
+        buffer.check_finite()
+        if log_now:
+          _log_train_metrics(writer, buffer.pop_means(), step, total_steps,
+                             steps=window_steps, images=window_steps * config.batch_size,
+                             seconds=time.time() - window_start)
+          window_start, window_steps = time.time(), 0
+        step_validation = {}
+        if eval_now:
+          eval_params = parallel.fetch(
+              state.ema_params if config.optim.ema_decay else state.params)
+          predictions = evaluate.predict_split(config, eval_params, config.data.eval_split,
+                                               predict_fn=predict_fn)
+          step_validation = result['validation'] = evaluate.compute_metrics(predictions)
+          writer.write_scalars(step, {f'validation/{k}': v for k, v in step_validation.items()})
+          logging.info('step %d validation (%s): %s', step, config.data.eval_split,
+                       evaluate.format_metrics(step_validation))
+        if save_now:
+          checkpointing.save(manager, step, parallel.to_global(state), train_iterator,
+                             metrics=step_validation)
+        if preempted:
+          logging.warning('SIGTERM: saved step %d to %s; rerun the same command to resume.',
+                          step, workdir)
+          result['preempted'] = True
+          break
+    result['step'] = step
+  except NonFiniteLossError as error:
+    manager.wait_until_finished()
+    last_good = manager.latest_step()
+    where = (f'the last good checkpoint is step {last_good} in '
+             f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}'
+             if last_good is not None else 'no checkpoint was written')
+    raise NonFiniteLossError(
+        f'{error} Training stopped; {where}. Lower config.optim.learning_rate, raise '
+        'config.optim.warmup_steps or set config.optim.grad_clip_norm, then rerun (it '
+        'resumes from that checkpoint).') from None
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+
+  try:
+    test_split = config.data.test_split
+    if result['preempted']:
+      pass
+    elif test_split and _split_exists(config.data, test_split):
+      result['test'] = evaluate.evaluate_checkpoint(
+          workdir, test_split, predict_fn=predict_fn, show_progress=process_index == 0)
+      writer.write_scalars(step, {f'test/{k}': v for k, v in result['test'].items()})
+      if process_index == 0:
+        print(f'{test_split}: {evaluate.format_metrics(result["test"])}', flush=True)
+    else:
+      logging.warning('No %r split in %s; skipping the test evaluation.', test_split,
+                      config.data.name)
+  finally:
+    writer.close()
   return result
+
+
+def _log_train_metrics(writer: 'SummaryWriter', means: Dict[str, float], step: int,
+                       total_steps: int, *, steps: int, images: int, seconds: float) -> None:
+  """Writes a window's mean train metrics and throughput; logs a line with ETA."""
+  means['steps_per_second'] = steps / seconds
+  means['images_per_second'] = images / seconds
+  writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+  logging.info('step %d/%d  loss %.4f  mae %.3f  lr %.2e  %.1f img/s  ETA %s', step,
+               total_steps, means['loss'], means['mae'], means['learning_rate'],
+               means['images_per_second'],
+               _format_seconds((total_steps - step) / means['steps_per_second']))
 
 
 def _format_seconds(seconds: float) -> str:

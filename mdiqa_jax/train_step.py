@@ -132,8 +132,8 @@ def train_step(state: TrainState, batch: Batch, *, model, loss_fn: Callable,
       'loss': _weighted_mean(per_example, weights, total_weight, axis_name),
       'mae': _weighted_mean(jnp.abs(outputs['score'] - batch['score']), weights,
                             total_weight, axis_name),
-      'grad_norm': optax.global_norm(grads),
-      'param_norm': optax.global_norm(params),
+      'grad_norm': optax.tree.norm(grads),
+      'param_norm': optax.tree.norm(params),
       'learning_rate': learning_rate_fn(state.step),
   }
   for name, values in aux.items():
@@ -151,6 +151,13 @@ def make_train_step(config, model, loss_fn: Callable, tx: optax.GradientTransfor
     raise ValueError(f'config.optim.ema_decay must be in [0, 1), got {ema_decay}.')
   return functools.partial(train_step, model=model, loss_fn=loss_fn, tx=tx,
                            learning_rate_fn=learning_rate_fn, ema_decay=ema_decay)
+
+
+def _host_copy(x: Any) -> np.ndarray:
+  """numpy copy of an array; a replicated global array gives its local copy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_shards[0].data)
+  return np.asarray(x)
 
 
 class DataParallel:
@@ -188,11 +195,15 @@ class DataParallel:
       self._step = jax.jit(mapped, donate_argnums=0)
 
   def replicate(self, tree: Any) -> Any:
-    """Host (or single-device) pytree, identical on every host -> device layout."""
+    """Pytree identical on every host (numpy, or jax.Arrays such as a restored
+    replicated state) -> the step's state layout."""
     count = len(self.local_devices)
 
     def put(x):
-      x = np.asarray(x)
+      if (self.mode == 'shard_map' and isinstance(x, jax.Array) and
+          x.sharding.is_equivalent_to(self.replicated_sharding, x.ndim)):
+        return x
+      x = _host_copy(x)
       if self.mode == 'pmap':
         return jax.device_put(np.broadcast_to(x, (count,) + x.shape),
                               self._local_stack_sharding)

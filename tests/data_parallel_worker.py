@@ -80,7 +80,7 @@ def make_reference_step(model, loss_fn, tx):
       return jnp.sum(batch['weight'] * per_example) / jnp.sum(batch['weight'])
     loss, grads = jax.value_and_grad(objective)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
   return reference_step
 
 
