@@ -172,19 +172,16 @@ def export_checkpoint(checkpoint: str, output_dir: str, *, batch_size: Optional[
 
 
 def _define_flags() -> Dict[str, Any]:
-  """Defines the flags (only when run as a command: predict and evaluate share names)."""
-  override = dict(allow_override=True)
+  """Defines the flags when run as a command (importing export defines none)."""
   return {
       'checkpoint': flags.DEFINE_string(
-          'checkpoint', None, 'Training workdir (its best checkpoint) or a step directory.',
-          **override),
-      'output': flags.DEFINE_string('output', None, 'Export folder to write.', **override),
+          'checkpoint', None, 'Training workdir (its best checkpoint) or a step directory.'),
+      'output': flags.DEFINE_string('output', None, 'Export folder to write.'),
       'batch_size': flags.DEFINE_integer(
-          'batch_size', 0, 'Fixed batch size; 0 = symbolic (any batch size).', **override),
+          'batch_size', 0, 'Fixed batch size; 0 = symbolic (any batch size).'),
       'platforms': flags.DEFINE_list(
-          'platforms', ['cpu'], 'Platforms to lower for: cpu, cuda, rocm, tpu.', **override),
-      'overwrite': flags.DEFINE_bool('overwrite', False, 'Replace a previous export folder.',
-                                     **override),
+          'platforms', ['cpu'], 'Platforms to lower for: cpu, cuda, rocm, tpu.'),
+      'overwrite': flags.DEFINE_bool('overwrite', False, 'Replace a previous export folder.'),
   }
 
 

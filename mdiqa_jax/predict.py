@@ -471,39 +471,33 @@ def predict_command(options: Options) -> int:
 
 
 def _define_flags() -> Dict[str, Any]:
-  """Defines the flags (only when run as a command: evaluate defines some names too)."""
-  override = dict(allow_override=True)
+  """Defines the flags when run as a command (importing predict defines none)."""
   return {
       'checkpoint': flags.DEFINE_string(
           'checkpoint', None, 'Training workdir (its best checkpoint) or a step directory '
-          '<workdir>/checkpoints/<step>.', **override),
+          '<workdir>/checkpoints/<step>.'),
       'output': flags.DEFINE_string(
-          'output', None, 'Output file, .csv or .json (default: CSV on stdout).', **override),
+          'output', None, 'Output file, .csv or .json (default: CSV on stdout).'),
       'heatmap': flags.DEFINE_string(
-          'heatmap', None, 'Folder for one PNG of patch scores and weights per slice.',
-          **override),
+          'heatmap', None, 'Folder for one PNG of patch scores and weights per slice.'),
       'overwrite': flags.DEFINE_bool(
           'overwrite', False, 'Replace an existing --output file and write into a non-empty '
-          '--heatmap folder.', **override),
+          '--heatmap folder.'),
       'batch_size': flags.DEFINE_integer(
-          'batch_size', None, 'Slices per jitted call (default: config.eval_batch_size).',
-          **override),
+          'batch_size', None, 'Slices per jitted call (default: config.eval_batch_size).'),
       'crops': flags.DEFINE_integer(
           'crops', None, 'Test-time views per slice, 1 (centre) or 5 (corners + centre); '
-          'default config.data.test_crops.', **override),
+          'default config.data.test_crops.'),
       'intensity': flags.DEFINE_enum(
           'intensity', 'auto', ct_io.INTENSITY_MODES,
           'How TIFF / PNG / .npy values are read: auto (floats in [0, 1] are windowed, other '
           'floats and signed integers are HU, unsigned integers are windowed greyscale), hu, '
-          'or unit. DICOM is always rescaled to HU.', **override),
+          'or unit. DICOM is always rescaled to HU.'),
       'window_width': flags.DEFINE_float(
-          'window_width', intensity_lib.WINDOW_WIDTH_HU, 'Window width applied to HU, HU.',
-          **override),
+          'window_width', intensity_lib.WINDOW_WIDTH_HU, 'Window width applied to HU, HU.'),
       'window_level': flags.DEFINE_float(
-          'window_level', intensity_lib.WINDOW_LEVEL_HU, 'Window level applied to HU, HU.',
-          **override),
-      'progress': flags.DEFINE_bool('progress', True, 'Show a progress bar on stderr.',
-                                    **override),
+          'window_level', intensity_lib.WINDOW_LEVEL_HU, 'Window level applied to HU, HU.'),
+      'progress': flags.DEFINE_bool('progress', True, 'Show a progress bar on stderr.'),
   }
 
 
