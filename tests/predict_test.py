@@ -103,8 +103,10 @@ def test_same_slice_as_dicom_tiff_npy_and_png_gives_the_same_score(
       [r['score'], r['uncertainty']] + [r[f'scale_score_{k}'] for k in range(3)]) for r in rows}
   for name in ['hu.tif', 'windowed.tif', 'hu.npy']:
     np.testing.assert_allclose(scores[name], scores['slice.dcm'], rtol=0, atol=1e-4)
-  # A 16-bit PNG quantises the window to steps of 1/65535.
+  # A 16-bit PNG quantises the window to steps of 1/65535, and says what it assumed.
   np.testing.assert_allclose(scores['w16.png'], scores['slice.dcm'], rtol=0, atol=1e-3)
+  notes = {os.path.basename(r['file']): r['note'] for r in rows}
+  assert 'no HU information' in notes['w16.png'] and notes['slice.dcm'] == ''
 
 
 def test_batch_size_does_not_change_scores(tiny_checkpoint, tmp_path):
