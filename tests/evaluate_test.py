@@ -1,0 +1,132 @@
+"""Evaluation: crop averaging, split predictions, report files, the command."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from mdiqa_jax import checkpointing
+from mdiqa_jax import evaluate
+from mdiqa_jax import metrics as metrics_lib
+from mdiqa_jax import models
+from mdiqa_jax import train_step
+from mdiqa_jax.data import pipeline
+from mdiqa_jax.data import preprocess
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(TESTS_DIR)
+sys.path.insert(0, TESTS_DIR)
+import tiny_train_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope='module')
+def config(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  tiny_train_config.build_tiny_dataset(data_dir)
+  config = tiny_train_config.get_config(data_dir)
+  config.eval_batch_size = 3  # 8 test slices: the last batch is padded.
+  return config
+
+
+@pytest.fixture(scope='module')
+def params(config):
+  model = models.create_model(config)
+  return jax.jit(train_step.init_params, static_argnums=(0, 2))(
+      model, jax.random.PRNGKey(0), config.data.image_size)
+
+
+def test_combine_crops_gives_the_moments_of_the_pooled_views():
+  rng = np.random.default_rng(0)
+  score = rng.uniform(0, 4, (6, 5))
+  uncertainty = rng.uniform(0.1, 1.0, (6, 5))
+  scale_scores = rng.uniform(0, 4, (6, 5, 3))
+  combined = evaluate.combine_crops(score, uncertainty, scale_scores)
+  # Equal mixture of the views' distributions: E[X] and E[X^2] - E[X]^2.
+  for i in range(6):
+    mean = np.mean(score[i])
+    second_moment = np.mean(uncertainty[i] ** 2 + score[i] ** 2)
+    assert combined['score'][i] == pytest.approx(mean)
+    assert combined['uncertainty'][i] == pytest.approx(np.sqrt(second_moment - mean ** 2))
+  np.testing.assert_allclose(combined['scale_scores'], scale_scores.mean(axis=1))
+
+
+@pytest.mark.parametrize('crops', [1, 5])
+def test_predict_split_equals_one_slice_at_a_time(config, params, crops):
+  predictions = evaluate.predict_split(config, params, 'test', crops=crops)
+  source = pipeline.open_source(config.data, 'test')
+  model = models.create_model(config)
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+  assert predictions['index'].tolist() == list(range(len(source)))
+  for i in range(len(source)):
+    example = source[i]
+    views = preprocess.eval_crops(example['image'], image_size=config.data.image_size,
+                                  crop_fraction=config.data.crop_fraction, num_crops=crops)
+    outputs = apply(params, jnp.asarray(views))
+    assert predictions['label'][i] == pytest.approx(example['score'])
+    assert predictions['score'][i] == pytest.approx(float(np.mean(outputs['score'])),
+                                                    abs=1e-5)
+    np.testing.assert_allclose(predictions['scale_scores'][i],
+                               np.mean(outputs['scale_scores'], axis=0), atol=1e-5)
+
+
+def _predictions():
+  rng = np.random.default_rng(1)
+  label = rng.uniform(0, 4, 12)
+  return {'index': np.arange(12, dtype=np.int32), 'label': label,
+          'score': label + rng.normal(0, 0.3, 12), 'uncertainty': rng.uniform(0.1, 0.5, 12),
+          'scale_scores': rng.uniform(0, 4, (12, 3))}
+
+
+def test_write_report_writes_metrics_predictions_and_a_scatter_plot(tmp_path):
+  predictions = _predictions()
+  metrics = evaluate.compute_metrics(predictions)
+  evaluate.write_report(predictions, metrics, str(tmp_path), split='test', checkpoint='ckpt/5')
+  summary = json.loads((tmp_path / 'metrics.json').read_text())
+  assert summary['num_examples'] == 12 and summary['split'] == 'test'
+  assert summary['checkpoint'] == 'ckpt/5'
+  for name in ('plcc', 'srocc', 'krocc', 'overall'):
+    assert summary[name] == pytest.approx(metrics[name])
+  with open(tmp_path / 'predictions.csv', newline='', encoding='utf-8') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 12
+  for key in ('label', 'score', 'uncertainty'):
+    np.testing.assert_allclose([float(row[key]) for row in rows], predictions[key], atol=1e-6)
+  np.testing.assert_allclose([float(row['scale_score_2']) for row in rows],
+                             predictions['scale_scores'][:, 2], atol=1e-6)
+  with Image.open(tmp_path / 'scatter.png') as image:
+    assert image.size[0] > 300 and image.size[1] > 300
+
+
+def test_evaluate_command_reports_the_workdir_checkpoint(tmp_path, config, params):
+  workdir = tmp_path / 'run'
+  checkpointing.save_config(config, str(workdir))
+  manager = checkpointing.create_manager(str(workdir), keep_last=1, keep_best=0)
+  checkpointing.save(manager, 4, train_step.TrainState(
+      step=jnp.int32(4), params=params, opt_state={}, ema_params=None,
+      rng=jax.random.PRNGKey(0)))
+  manager.wait_until_finished()
+  manager.close()
+  env = dict(os.environ, PYTHONPATH=REPO_DIR + os.pathsep + os.environ.get('PYTHONPATH', ''),
+             JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  completed = subprocess.run(
+      [sys.executable, '-m', 'mdiqa_jax.evaluate', f'--workdir={workdir}', '--split=test',
+       '--crops=5'], env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert completed.returncode == 0, completed.stderr[-5000:]
+  report_dir = workdir / 'eval_test'
+  summary = json.loads((report_dir / 'metrics.json').read_text())
+  assert summary['checkpoint'] == str(workdir / 'checkpoints' / '4')
+  with open(report_dir / 'predictions.csv', newline='', encoding='utf-8') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 8
+  recomputed = metrics_lib.all_metrics([float(r['score']) for r in rows],
+                                       [float(r['label']) for r in rows])
+  for name, value in recomputed.items():
+    assert summary[name] == pytest.approx(value, abs=1e-5)
+  assert f'test: PLCC {summary["plcc"]:.4f}' in completed.stdout
