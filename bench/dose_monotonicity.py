@@ -12,7 +12,8 @@ Reports (printed and written as JSON):
   spearman_score_dose         Spearman between score and dose over all scans;
   per_slice                   Spearman between score and dose within each
                               slice (its 4 scans): mean, and the fractions of
-                              slices with rho = 1 (monotone) and rho > 0;
+                              slices with rho = 1 (monotone) and rho > 0; the
+                              same for the simulated radiologists' labels;
   mean_score_by_dose          mean score at each dose;
   spearman_score_label        Spearman between score and the simulated
                               radiologists' mean score (sanity check).
@@ -95,25 +96,28 @@ def _simulate(spec: synthetic.SyntheticSpec, split: str, num_slices: int,
   return scans
 
 
+def _per_slice_trend(slice_ids: np.ndarray, dose: np.ndarray, values: np.ndarray) -> dict:
+  """Spearman(dose, values) within each slice: mean, fractions = 1 and > 0."""
+  rhos = np.array([stats.spearmanr(dose[slice_ids == i], values[slice_ids == i]).statistic
+                   for i in np.unique(slice_ids)])
+  rhos = np.nan_to_num(rhos, nan=0.0)  # Constant values over the doses: no trend.
+  return {'mean_spearman': float(rhos.mean()),
+          'fraction_monotone': float(np.mean(rhos >= 1.0 - 1e-9)),
+          'fraction_positive': float(np.mean(rhos > 0))}
+
+
 def _report(scans: dict[str, dict], rows: list[dict], doses: list[float]) -> dict:
   scores = {row['file']: row['score'] for row in rows}
   table = np.array([(facts['slice'], facts['dose'], facts['label'], scores[path])
                     for path, facts in scans.items()])
   slice_ids, dose, label, score = table.T
-  per_slice = []
-  for slice_id in np.unique(slice_ids):
-    mine = slice_ids == slice_id
-    per_slice.append(stats.spearmanr(dose[mine], score[mine]).statistic)
-  per_slice = np.nan_to_num(np.array(per_slice), nan=0.0)  # Constant scores: no trend.
+  per_slice = {'score': _per_slice_trend(slice_ids, dose, score),
+               'label': _per_slice_trend(slice_ids, dose, label)}
   return {
       'num_slices': int(np.unique(slice_ids).size),
       'doses': doses,
       'spearman_score_dose': float(stats.spearmanr(dose, score).statistic),
-      'per_slice': {
-          'mean_spearman': float(per_slice.mean()),
-          'fraction_monotone': float(np.mean(per_slice >= 1.0 - 1e-9)),
-          'fraction_positive': float(np.mean(per_slice > 0)),
-      },
+      'per_slice': per_slice,
       'mean_score_by_dose': {f'{d:g}': float(score[dose == d].mean()) for d in doses},
       'mean_label_by_dose': {f'{d:g}': float(label[dose == d].mean()) for d in doses},
       'spearman_score_label': float(stats.spearmanr(label, score).statistic),
@@ -126,7 +130,8 @@ def main(argv):
     raise app.UsageError('--workdir is required.')
   workdir = _WORKDIR.value
   started = time.time()
-  if not _has_checkpoint(workdir):
+  trained_here = not _has_checkpoint(workdir)
+  if trained_here:
     logging.info('No checkpoint in %s: training %s there first.', workdir, _CONFIG.value)
     train.train_and_evaluate(_CONFIG.value, workdir)
   trained_s = time.time() - started
@@ -144,6 +149,7 @@ def main(argv):
       'dataset': config.data.name,
       'split': _SPLIT.value,
       'views': spec.num_views_full,
+      'trained_in_this_run': trained_here,
       'train_seconds': trained_s,
       'total_seconds': time.time() - started,
       'device': jax.devices()[0].device_kind,
