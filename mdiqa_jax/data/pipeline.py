@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mdiqa_jax.data import mixture
 from mdiqa_jax.data import preprocess
 
 # Window side as a fraction of the slice side (see preprocess). Read from
@@ -67,6 +68,22 @@ def prepare_dataset(data_config: ml_collections.ConfigDict) -> tfds.core.Dataset
 def open_source(data_config: ml_collections.ConfigDict, split: str):
   """Random-access source of a split ('train', 'train[:900]', ...)."""
   return prepare_dataset(data_config).as_data_source(split)
+
+
+def open_train_source(data_config: ml_collections.ConfigDict):
+  """Random-access source of the training examples.
+
+  The labeled `data_config.train_split`, mixed with the pseudo-labeled
+  unlabeled slices of a selection file when `data_config.pseudo_labels`
+  names one (written by mdiqa_jax.semi; see data/mixture.py).
+  """
+  labeled = open_source(data_config, data_config.train_split)
+  selection_path = data_config.get('pseudo_labels')
+  if not selection_path:
+    return labeled
+  return mixture.PseudoLabeledMixture(
+      labeled, open_source(data_config, data_config.unlabeled_split),
+      mixture.load_selection(selection_path))
 
 
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
@@ -166,7 +183,8 @@ def create_train_iterator(
 
   Args:
     data_config: `config.data` (name, data_dir, manual_dir, train_split,
-      image_size, random_crop, random_flip, num_workers; crop_fraction).
+      image_size, random_crop, random_flip, num_workers; crop_fraction;
+      pseudo_labels and unlabeled_split: `open_train_source`).
     batch_size_per_host: examples per batch on this host.
     seed: fixes the shuffle order and augmentations (same seed, same batches).
     process_index: this host (default jax.process_index()).
@@ -180,7 +198,7 @@ def create_train_iterator(
   process_index, process_count = _host(process_index, process_count,
                                        batch_size_per_host)
   dataset = train_dataset_from_source(
-      open_source(data_config, data_config.train_split),
+      open_train_source(data_config),
       image_size=data_config.image_size,
       crop_fraction=_crop_fraction(data_config),
       random_crop=data_config.random_crop, random_flip=data_config.random_flip,
