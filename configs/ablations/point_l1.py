@@ -1,0 +1,13 @@
+"""Point regression with an L1 loss instead of score distributions.
+
+  python -m mdiqa_jax.train --config=configs/ablations/point_l1.py --workdir=runs/point_l1
+"""
+from mdiqa_jax.config_base import base_config
+
+
+def get_config(arg=None):
+  del arg
+  config = base_config()
+  config.model.head_type = 'point'
+  config.loss.type = 'l1'
+  return config
