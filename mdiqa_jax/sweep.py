@@ -5,7 +5,8 @@ r"""Runs a list of configs over seeds and writes the results report.
       [--set=num_train_steps=150 --set=data.data_dir=/data/tfds ...] \
       [--notes=docs/results_notes.md] [--report_only]
 
-Every (config, seed) pair is one run with its own workdir
+Every (config, seed) pair is one run (all configs of the first seed, then of
+the next, ...) with its own workdir
 <workdir>/<group>/<name>/seed_<seed> (group = the config's folder), started as
 its own command -- `python -m mdiqa_jax.train` for plain configs,
 `python -m mdiqa_jax.semi` for configs with a `semi` field -- with
@@ -502,11 +503,13 @@ def run_sweep(config_patterns: Sequence[str], seeds: Sequence[int], workdir: str
               report_only: bool = False, command: str = '') -> List[Dict[str, Any]]:
   """Runs every (config, seed) not finished yet, then writes the report.
 
-  Returns the results of the finished runs, in (config, seed) order.
+  Returns the results of the finished runs, in (seed, config) order.
   """
   workdir = os.path.abspath(workdir)
+  # Seed-major order: every row gets its first seed before any gets its second,
+  # so a sweep stopped early still fills the whole table.
   plans = [plan_run(config_file, seed, overrides, workdir)
-           for config_file in expand_config_patterns(config_patterns) for seed in seeds]
+           for seed in seeds for config_file in expand_config_patterns(config_patterns)]
   start = time.time()
   results = []
   finished: Dict[str, Dict[str, Any]] = {}
