@@ -31,23 +31,31 @@ def _events(workdir, since=0):
           for e in semi.read_log(workdir)[since:]]
 
 
+def _run_command(data_dir, workdir, cache_dir, *flags):
+  """`python -m mdiqa_jax.semi` on the tiny config; compilations shared through a cache."""
+  command = [sys.executable, '-m', 'mdiqa_jax.semi',
+             f'--config={os.path.join(TESTS_DIR, "tiny_semi_config.py")}:{data_dir}',
+             f'--workdir={workdir}', *flags]
+  env = dict(os.environ, PYTHONPATH=REPO_DIR, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                             check=False)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+
+
 @pytest.fixture(scope='module')
 def pipeline_run(tmp_path_factory):
   """Stage 1 by the command (--stop_after=teachers), a failed stage 2, then the rest.
 
-  Returns a namespace-like dict: workdir, config, mtimes after stage 1,
-  the log length before the full run, the result.
+  Returns a dict: workdir, config, mtimes after stage 1, the log length
+  before the full run, the result, ...
   """
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   tiny_train_config.build_tiny_dataset(data_dir)
   workdir = str(tmp_path_factory.mktemp('semi'))
-  command = [sys.executable, '-m', 'mdiqa_jax.semi',
-             f'--config={os.path.join(TESTS_DIR, "tiny_semi_config.py")}:{data_dir}',
-             f'--workdir={workdir}', '--stop_after=teachers']
-  env = dict(os.environ, PYTHONPATH=REPO_DIR, JAX_PLATFORMS='cpu')
-  completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                             check=False)
-  assert completed.returncode == 0, completed.stderr[-3000:]
+  cache_dir = str(tmp_path_factory.mktemp('jax_cache'))
+  _run_command(data_dir, workdir, cache_dir, '--stop_after=teachers')
   teachers_dir = os.path.join(workdir, 'teachers')
   after_teachers = _mtimes(teachers_dir)
 
@@ -62,7 +70,9 @@ def pipeline_run(tmp_path_factory):
   listing_after_failure = sorted(os.listdir(os.path.dirname(pseudo_dir)))
 
   log_length = len(semi.read_log(workdir))
-  result = semi.run_pipeline(config, workdir)
+  _run_command(data_dir, workdir, cache_dir)
+  with open(os.path.join(workdir, semi.RESULT_FILE), encoding='utf-8') as f:
+    result = json.load(f)
   return dict(workdir=workdir, config=config, data_dir=data_dir, after_teachers=after_teachers,
               listing_after_failure=listing_after_failure, log_length=log_length,
               result=result, teacher_dirs=teacher_dirs, pseudo_dir=pseudo_dir)
@@ -118,7 +128,7 @@ def test_pseudo_labels_equal_mean_of_independent_teacher_predictions(pipeline_ru
   for teacher_dir in pipeline_run['teacher_dirs']:
     teacher_config, params = checkpointing.load_for_inference(teacher_dir)
     model = models.create_model(teacher_config)
-    outputs = model.apply({'params': params}, images, train=False)
+    outputs = jax.jit(model.apply)({'params': params}, images)
     scores.append(np.asarray(outputs['score'], np.float64))
     probs.append(np.exp(np.asarray(outputs['log_probs'], np.float64)))
   assert not np.allclose(scores[0], scores[1])  # Two different teachers.
