@@ -86,8 +86,8 @@ def test_stop_after_teachers_then_rerun_does_not_redo_teachers(pipeline_run):
   # The resumed run skipped both teachers and left their files untouched.
   resumed = _events(workdir, pipeline_run['log_length'])
   assert resumed[:2] == [('teachers', 'skip', 'teacher_0'), ('teachers', 'skip', 'teacher_1')]
-  assert ('pseudo_labels', 'done', 'pseudo_labels') in resumed
-  assert ('students', 'done', 'student_0') in resumed
+  assert [e for e in resumed if e[1] == 'done'] == [
+      ('pseudo_labels', 'done', 'pseudo_labels'), ('students', 'done', 'student_0')] * 2
   assert _mtimes(os.path.join(workdir, 'teachers')) == pipeline_run['after_teachers']
   result = pipeline_run['result']
   assert set(result['test']) >= {'plcc', 'srocc', 'krocc', 'overall'}
@@ -108,8 +108,8 @@ def test_rerunning_a_finished_pipeline_skips_every_stage(pipeline_run):
   result = semi.run_pipeline(pipeline_run['config'], workdir)
   events = _events(workdir, log_length)
   assert {event for _, event, _ in events} == {'skip'}
-  assert [stage for stage, _, _ in events] == ['teachers', 'teachers', 'pseudo_labels',
-                                               'students']
+  assert [stage for stage, _, _ in events] == ['teachers', 'teachers'] + [
+      'pseudo_labels', 'students'] * 2
   after = _mtimes(workdir)
   changed = {path for path in after if before.get(path) != after[path]}
   assert changed == {os.path.join(workdir, name) for name in (semi.LOG_FILE,
@@ -146,8 +146,22 @@ def test_pseudo_labels_equal_mean_of_independent_teacher_predictions(pipeline_ru
   assert provenance['split'] == 'unlabeled' and provenance['num_examples'] == len(source)
 
 
+def test_second_round_student_learns_from_the_first_round_student(pipeline_run):
+  workdir = pipeline_run['workdir']
+  first_student = os.path.join(workdir, 'round_0', 'student_0')
+  provenance_path = os.path.join(workdir, 'round_1', 'pseudo_labels', semi.PROVENANCE_FILE)
+  with open(provenance_path, encoding='utf-8') as f:
+    provenance = json.load(f)
+  assert [os.path.dirname(os.path.dirname(t['checkpoint'])) for t in provenance['teachers']
+         ] == [first_student]
+  assert provenance['round'] == 1
+  result = pipeline_run['result']
+  assert [len(r['students']) for r in result['rounds']] == [1, 1]
+  assert result['student_workdir'] == os.path.join(workdir, 'round_1', 'student_0')
+
+
 def test_student_trains_on_the_soft_selection(pipeline_run):
-  student_dir = pipeline_run['result']['student_workdir']
+  student_dir = os.path.join(pipeline_run['workdir'], 'round_0', 'student_0')
   selection = np.load(os.path.join(student_dir, semi.SELECTION_FILE))
   data = semi.load_pseudo_label_dataset(pipeline_run['pseudo_dir'])
   np.testing.assert_array_equal(selection['index'], data['index'])

@@ -1,4 +1,4 @@
-"""Tiny semi-supervised pipeline: two 2-step teachers, one soft-target student.
+"""Tiny semi-supervised pipeline: two 2-step teachers, soft targets, two rounds of one student.
 
 `--config=tests/tiny_semi_config.py:DATA_DIR` reads the dataset that
 `tiny_train_config.build_tiny_dataset(DATA_DIR)` wrote.
@@ -21,4 +21,5 @@ def get_config(data_dir=None):
   config.semi.teacher_seeds = (1, 2)
   config.semi.strategy = 'soft'
   config.semi.pseudo_weight = 0.5
+  config.semi.rounds = 2
   return config
