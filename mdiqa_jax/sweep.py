@@ -216,13 +216,19 @@ def execute(plan: Dict[str, Any], finished: Dict[str, Dict[str, Any]]) -> Dict[s
   with open(os.path.join(plan['run_dir'], 'run.log'), 'a', encoding='utf-8') as log:
     returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
   wall_seconds = time.time() - start
-  if returncode:
+  outputs, reason = None, f'exit status {returncode}'
+  if not returncode:
+    try:
+      outputs = _outputs(plan)
+    except FileNotFoundError as e:  # A preempted run exits 0 before its test evaluation.
+      reason = f'exit status 0 but no test results ({e})'
+  if outputs is None:
     _write_json(os.path.join(plan['run_dir'], FAILED_FILE),
-                {'returncode': returncode, 'command': command, 'wall_seconds': wall_seconds})
-    print(f'[sweep] FAILED ({returncode}) after {wall_seconds:.0f} s; see '
-          f'{plan["run_dir"]}/run.log', flush=True)
+                {'reason': reason, 'command': command, 'wall_seconds': wall_seconds})
+    print(f'[sweep] NOT FINISHED ({reason}) after {wall_seconds:.0f} s; see '
+          f'{plan["run_dir"]}/run.log; rerun the sweep to resume it.', flush=True)
     return None
-  result = dict(_outputs(plan), name=plan['name'], seed=plan['seed'],
+  result = dict(outputs, name=plan['name'], seed=plan['seed'],
                 config_file=plan['config_file'], run_dir=plan['run_dir'],
                 command=shlex.join(command), wall_seconds=wall_seconds,
                 fingerprint=plan['fingerprint'])
