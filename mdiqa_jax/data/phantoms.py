@@ -407,23 +407,34 @@ def render_slice(patient: Patient, z_mm: float, *, image_size: int,
     if section is None:
       continue
     cx, cy, a, b = section
-    reach = max(a, b) * (1.0 + sum(abs(c) + abs(s) for _, c, s in shape.harmonics))
-    cols = slice(max(0, int(np.searchsorted(xs, cx - reach))),
-                 int(np.searchsorted(xs, cx + reach)) + 1)
+    cos, sin = np.cos(shape.angle), np.sin(shape.angle)
+    swell = 1.0 + sum(abs(c) + abs(s) for _, c, s in shape.harmonics)
+    reach_x = swell * np.hypot(a * cos, b * sin)  # Bounding box half-sides.
+    reach_y = swell * np.hypot(a * sin, b * cos)
+    cols = slice(max(0, int(np.searchsorted(xs, cx - reach_x))),
+                 int(np.searchsorted(xs, cx + reach_x)) + 1)
     # ys decreases with the row index.
-    rows = slice(max(0, int(np.searchsorted(-ys, -(cy + reach)))),
-                 int(np.searchsorted(-ys, -(cy - reach))) + 1)
+    rows = slice(max(0, int(np.searchsorted(-ys, -(cy + reach_y)))),
+                 int(np.searchsorted(-ys, -(cy - reach_y))) + 1)
+    if cols.start >= cols.stop or rows.start >= rows.stop:
+      continue
     dx = xs[cols][None, :] - cx
     dy = ys[rows][:, None] - cy
-    cos, sin = np.cos(shape.angle), np.sin(shape.angle)
     u = (dx * cos + dy * sin) / a
     v = (-dx * sin + dy * cos) / b
     radius2 = u * u + v * v
     bound = np.ones_like(radius2)
     if shape.harmonics:
-      phi = np.arctan2(v, u)
-      for k, c, s in shape.harmonics:
-        bound += c * np.cos(k * phi) + s * np.sin(k * phi)
+      # cos(k phi), sin(k phi) of the polar angle of (u, v) by the angle-sum
+      # recursion, without transcendental functions.
+      radius = np.sqrt(np.maximum(radius2, 1e-12))
+      cos_1, sin_1 = u / radius, v / radius
+      cos_k, sin_k = cos_1, sin_1
+      for k in range(2, max(k for k, _, _ in shape.harmonics) + 1):
+        cos_k, sin_k = cos_k * cos_1 - sin_k * sin_1, sin_k * cos_1 + cos_k * sin_1
+        for order, c, s in shape.harmonics:
+          if order == k:
+            bound += c * cos_k + s * sin_k
     inside = radius2 <= bound * bound
     if shape.min_y is not None:
       inside &= dy >= shape.min_y

@@ -15,10 +15,10 @@ them.
 
 Degradation grid: every dose fraction at the full view count, and every
 (dose fraction, sparse view count) pair. Sparse scans keep the per-view dose.
-A slice's cell is drawn uniformly among the grid's cells, with the
-full-view cells weighted `full_view_weight` times (the sparse cells span the
-low half of the score range, the full-view ones the top; the default weight
-makes the score histogram roughly flat, see bench/simulate_bench.py).
+A slice's cell is drawn uniformly among the grid's cells; with the default
+grids the labels then cover 0..4 about evenly (full-view cells span ~2.2-4,
+each sparse view count about one Likert point below the next; histogram in
+bench/results/simulate_bench.json).
 """
 import dataclasses
 import zlib
@@ -57,8 +57,6 @@ class SyntheticSpec:
     filter_name: FBP filter, 'hann' or 'ramp'.
     slice_spacing_mm: distance between a patient's slices.
     supersample: phantom sub-pixels per pixel side.
-    full_view_weight: sampling weight of a full-view cell relative to a
-      sparse-view cell.
     window_width: display window width, HU.
     window_level: display window level, HU.
   """
@@ -76,7 +74,6 @@ class SyntheticSpec:
   filter_name: str = 'hann'
   slice_spacing_mm: float = 7.5
   supersample: int = 2
-  full_view_weight: float = 2.0
   window_width: float = intensity.WINDOW_WIDTH_HU
   window_level: float = intensity.WINDOW_LEVEL_HU
 
@@ -133,7 +130,7 @@ CHALLENGE_SPEC = SyntheticSpec(
     slices_per_patient=10,
     dose_fractions=(1.0, 0.75, 0.5, 0.25),
     sparse_views=(64, 128, 256),
-    photons_per_bin=1e6,
+    photons_per_bin=8e5,
     supersample=2,
 )
 
@@ -264,11 +261,9 @@ def sample_degradation(spec: SyntheticSpec, split: str, patient_index: int,
                        slice_index: int) -> tuple[float, int]:
   """The grid cell a slice is scanned at (deterministic)."""
   grid = degradation_grid(spec)
-  weights = np.array([spec.full_view_weight if views == spec.num_views_full
-                      else 1.0 for _, views in grid])
   rng = np.random.default_rng(
       [spec.seed, _split_code(split), patient_index, slice_index, 0xD05E])
-  return grid[int(rng.choice(len(grid), p=weights / weights.sum()))]
+  return grid[int(rng.integers(len(grid)))]
 
 
 def generate_example(spec: SyntheticSpec, split: str,

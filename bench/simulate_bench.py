@@ -1,0 +1,103 @@
+r"""Times synthetic-example generation (phantom, scan, FBP, raters).
+
+For each spec (small: 128 px, challenge: 512 px) it measures
+  - the per-process setup (the first example, which builds the cached
+    projector / back-projector of the small geometry),
+  - examples per second in one process (after setup),
+  - examples per second with a multiprocessing pool of --processes workers
+    (setup included, as a builder pays it),
+and, for the small spec, the estimated time to generate the whole dataset
+with the pool, and the histogram of the labels of the pooled examples.
+Prints a summary and writes bench/results/simulate_bench.json.
+
+  python bench/simulate_bench.py --small_examples=160 --challenge_examples=4
+"""
+import json
+import multiprocessing
+import os
+import platform
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from mdiqa_jax.data import synthetic
+
+_SMALL_EXAMPLES = flags.DEFINE_integer(
+    'small_examples', 160, 'Examples timed per measurement at 128 px.')
+_CHALLENGE_EXAMPLES = flags.DEFINE_integer(
+    'challenge_examples', 4, 'Examples timed per measurement at 512 px '
+    '(0 skips the challenge spec).')
+_PROCESSES = flags.DEFINE_integer('processes', 2, 'Pool size.')
+_OUTPUT = flags.DEFINE_string(
+    'output', os.path.join(os.path.dirname(__file__), 'results',
+                           'simulate_bench.json'), 'JSON file to write.')
+
+
+def _generate(task):
+  spec, index = task
+  return synthetic.generate_example(spec, 'train', index)[1]
+
+
+def _benchmark(spec, num_examples):
+  """Timings (and scores of the pooled examples) for one spec."""
+  start = time.perf_counter()
+  _generate((spec, num_examples))  # First example of a process: setup.
+  setup = time.perf_counter() - start
+  serial = max(1, num_examples // 4)
+  start = time.perf_counter()
+  for index in range(serial):
+    _generate((spec, index))
+  single = serial / (time.perf_counter() - start)
+  tasks = [(spec, index) for index in range(num_examples)]
+  start = time.perf_counter()
+  with multiprocessing.get_context('spawn').Pool(_PROCESSES.value) as pool:
+    examples = pool.map(_generate, tasks, chunksize=1)
+  pooled = num_examples / (time.perf_counter() - start)
+  return {
+      'image_size': spec.image_size,
+      'num_views_full': spec.num_views_full,
+      'setup_seconds_per_process': round(setup, 3),
+      'examples_per_second_single_process': round(single, 3),
+      f'examples_per_second_{_PROCESSES.value}_processes': round(pooled, 3),
+      'examples_timed': {'single_process': serial, 'pool': num_examples},
+  }, np.array([float(example['score']) for example in examples])
+
+
+def main(argv):
+  del argv
+  results = {
+      'machine': {'cpu_count': os.cpu_count(),
+                  'processor': platform.processor() or platform.machine(),
+                  'load_average_1min_at_start': os.getloadavg()[0]},
+      'processes': _PROCESSES.value,
+  }
+  small, scores = _benchmark(synthetic.SMALL_SPEC, _SMALL_EXAMPLES.value)
+  total = sum(synthetic.split_sizes(synthetic.SMALL_SPEC).values())
+  rate = small[f'examples_per_second_{_PROCESSES.value}_processes']
+  small['dataset_examples'] = total
+  small['estimated_dataset_seconds'] = round(total / rate, 1)
+  counts, edges = np.histogram(scores, bins=[0, 0.8, 1.6, 2.4, 3.2, 4.01])
+  small['label_histogram'] = {
+      f'{low:.1f}-{high:.1f}': int(count)
+      for low, high, count in zip(edges[:-1], edges[1:], counts)}
+  small['label_mean'] = round(float(scores.mean()), 3)
+  results['small'] = small
+  if _CHALLENGE_EXAMPLES.value:
+    challenge, _ = _benchmark(synthetic.CHALLENGE_SPEC, _CHALLENGE_EXAMPLES.value)
+    total = sum(synthetic.split_sizes(synthetic.CHALLENGE_SPEC).values())
+    rate = challenge[f'examples_per_second_{_PROCESSES.value}_processes']
+    challenge['dataset_examples'] = total
+    challenge['estimated_dataset_hours'] = round(total / rate / 3600.0, 2)
+    results['challenge'] = challenge
+  results['machine']['load_average_1min_at_end'] = os.getloadavg()[0]
+  print(json.dumps(results, indent=2))
+  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
+  with open(_OUTPUT.value, 'w') as file:
+    json.dump(results, file, indent=2)
+  print(f'Wrote {_OUTPUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
