@@ -293,13 +293,15 @@ def compare(better: Sequence[float], worse: Sequence[float]) -> Dict[str, Any]:
 
   'holds' when mean(better) - mean(worse) > 2 standard errors
   (sqrt(s_a^2/n_a + s_b^2/n_b)), 'reversed' when < -2 SE, otherwise 'within
-  noise' (with the sign of the difference).
+  noise' (with the sign of the difference); no verdict with a single seed.
   """
   mean_a, std_a, n_a = summarize(better)
   mean_b, std_b, n_b = summarize(worse)
   difference = mean_a - mean_b
   standard_error = float(np.sqrt(std_a ** 2 / n_a + std_b ** 2 / n_b))
-  if difference > 2 * standard_error:
+  if min(n_a, n_b) < 2:
+    verdict = 'no verdict (one seed)'
+  elif difference > 2 * standard_error:
     verdict = 'holds'
   elif difference < -2 * standard_error:
     verdict = 'reversed'
@@ -394,9 +396,11 @@ def _plots(rows: Dict[str, List[Dict[str, Any]]], image_dir: str,
 
 
 def write_report(results: Sequence[Dict[str, Any]], plans: Sequence[Dict[str, Any]],
-                 path: str, *, command: str, notes: str = '',
-                 sweep_wall_seconds: Optional[float] = None) -> None:
-  """Writes the Markdown report and its plots (module docstring)."""
+                 path: str, *, command: str, notes: str = '') -> None:
+  """Writes the Markdown report and its plots (module docstring).
+
+  `command` is the sweep command that made the runs.
+  """
   rows: Dict[str, List[Dict[str, Any]]] = {}
   for result in results:
     rows.setdefault(result['name'], []).append(result)
@@ -413,9 +417,9 @@ def write_report(results: Sequence[Dict[str, Any]], plans: Sequence[Dict[str, An
            f'{platform.python_version()}). Metrics are on the test split, mean ± sample '
            'std over seeds; "overall" = |PLCC| + |SROCC| + |KROCC| (LDCTIQAC2023).', '',
            'Command:', '', '```', command, '```', '']
-  if sweep_wall_seconds is not None:
-    lines += [f'Wall time of the runs made by this call: {sweep_wall_seconds / 60:.1f} min.',
-              '']
+  own_runs = [r['wall_seconds'] for r in results if 'same_as' not in r]
+  lines += [f'{len(own_runs)} runs trained, {sum(own_runs) / 60:.1f} min of wall time in all '
+            '(each run: process start, training, validation and test evaluation).', '']
   if notes:
     lines += [notes.strip(), '']
   groups = sorted({name.split('/')[0] for name in rows})
@@ -509,14 +513,22 @@ def run_sweep(config_patterns: Sequence[str], seeds: Sequence[int], workdir: str
               report_only: bool = False, command: str = '') -> List[Dict[str, Any]]:
   """Runs every (config, seed) not finished yet, then writes the report.
 
+  The sweep command is kept in <workdir>/sweep_command.json; --report_only
+  reports that command, not its own.
+
   Returns the results of the finished runs, in (seed, config) order.
   """
   workdir = os.path.abspath(workdir)
+  command_path = os.path.join(workdir, 'sweep_command.json')
+  if report_only:
+    command = _read_json(command_path)['command'] if os.path.exists(command_path) else command
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(command_path, {'command': command})
   # Seed-major order: every row gets its first seed before any gets its second,
   # so a sweep stopped early still fills the whole table.
   plans = [plan_run(config_file, seed, overrides, workdir)
            for seed in seeds for config_file in expand_config_patterns(config_patterns)]
-  start = time.time()
   results = []
   finished: Dict[str, Dict[str, Any]] = {}
   for plan in plans:
@@ -532,10 +544,8 @@ def run_sweep(config_patterns: Sequence[str], seeds: Sequence[int], workdir: str
     finished.setdefault(plan['fingerprint'], result)
     results.append(result)
     if not report_only:
-      write_report(results, plans, results_path, command=command, notes=notes,
-                   sweep_wall_seconds=time.time() - start)
-  write_report(results, plans, results_path, command=command, notes=notes,
-               sweep_wall_seconds=None if report_only else time.time() - start)
+      write_report(results, plans, results_path, command=command, notes=notes)
+  write_report(results, plans, results_path, command=command, notes=notes)
   return results
 
 

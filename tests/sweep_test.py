@@ -81,6 +81,10 @@ def test_sweep_runs_each_pair_once_reuses_duplicates_records_failures_and_resume
                           command='the command')
   assert [r['test'] for r in again] == [metrics, metrics]
   assert _mtimes(os.path.join(workdir, 'rows', 'a')) == before
+  # --report_only reports the command that made the runs.
+  sweep.run_sweep([str(rows / '*.py')], [0], workdir, report, overrides=overrides,
+                  report_only=True, command='the report command')
+  assert '```\nthe command\n```' in open(report, encoding='utf-8').read()
 
 
 def _fake_run(directory, name, seed, overall, rng, head='distribution'):
@@ -160,7 +164,8 @@ def test_uncertainty_check_matches_rank_correlation_by_hand():
 @pytest.mark.parametrize('better,worse,verdict', [
     ([2.0, 2.1, 2.2], [1.0, 1.1, 1.2], 'holds'),
     ([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], 'reversed'),
-    ([2.0, 2.5, 1.5], [1.9, 2.4, 1.4], 'within noise (same direction)')])
+    ([2.0, 2.5, 1.5], [1.9, 2.4, 1.4], 'within noise (same direction)'),
+    ([2.0], [1.0, 1.1], 'no verdict (one seed)')])
 def test_compare_verdicts(better, worse, verdict):
   assert sweep.compare(better, worse)['verdict'] == verdict
 
