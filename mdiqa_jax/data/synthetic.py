@@ -130,7 +130,7 @@ CHALLENGE_SPEC = SyntheticSpec(
     slices_per_patient=10,
     dose_fractions=(1.0, 0.75, 0.5, 0.25),
     sparse_views=(64, 128, 256),
-    photons_per_bin=8e5,
+    photons_per_bin=3.7e5,
     supersample=2,
 )
 
