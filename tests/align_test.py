@@ -13,8 +13,7 @@ def test_deformable_align_at_init_is_a_plain_convolution():
   vit_tokens = jnp.asarray(rng.normal(size=(2, 2, 2, 5)), jnp.float32)
   module = DeformableAlign(width=4, kernel_size=3)
   params = module.init(jax.random.PRNGKey(0), cnn_map, vit_tokens)['params']
-  params = jax.tree_util.tree_map(lambda x: x, params)
-  params['bias'] = jnp.arange(4.0)
+  params = {**params, 'bias': jnp.arange(4.0)}  # A non-zero bias, so it is checked too.
   got = module.apply({'params': params}, cnn_map, vit_tokens)
   want = jax.lax.conv_general_dilated(
       cnn_map, params['kernel'], (1, 1), 'SAME',

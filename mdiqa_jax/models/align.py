@@ -27,7 +27,7 @@ def to_grid(x: jax.Array, grid_hw: Sequence[int]) -> jax.Array:
   grid_h, grid_w = grid_hw
   if (height, width) == (grid_h, grid_w):
     return x
-  if height % grid_h == 0 and width % grid_w == 0 and height >= grid_h:
+  if height % grid_h == 0 and width % grid_w == 0:
     window = (height // grid_h, width // grid_w)
     return nn.avg_pool(x, window, strides=window)
   return jax.image.resize(x, (x.shape[0], grid_h, grid_w, x.shape[-1]), 'bilinear')
