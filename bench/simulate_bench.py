@@ -65,6 +65,20 @@ def _benchmark(spec, num_examples):
   }, np.array([float(example['score']) for example in examples])
 
 
+def _add_estimates(result, spec):
+  """Adds the time to generate every split of `spec`: one process (setup +
+  examples at the steady rate) and the pool (its measured rate, which
+  includes worker start-up and setup, so it is pessimistic)."""
+  total = sum(synthetic.split_sizes(spec).values())
+  single = result['examples_per_second_single_process']
+  pooled = result[f'examples_per_second_{_PROCESSES.value}_processes']
+  result['dataset_examples'] = total
+  result['estimated_dataset_seconds_single_process'] = round(
+      result['setup_seconds_per_process'] + total / single, 1)
+  result[f'estimated_dataset_seconds_{_PROCESSES.value}_processes'] = round(
+      total / pooled, 1)
+
+
 def main(argv):
   del argv
   results = {
@@ -74,10 +88,7 @@ def main(argv):
       'processes': _PROCESSES.value,
   }
   small, scores = _benchmark(synthetic.SMALL_SPEC, _SMALL_EXAMPLES.value)
-  total = sum(synthetic.split_sizes(synthetic.SMALL_SPEC).values())
-  rate = small[f'examples_per_second_{_PROCESSES.value}_processes']
-  small['dataset_examples'] = total
-  small['estimated_dataset_seconds'] = round(total / rate, 1)
+  _add_estimates(small, synthetic.SMALL_SPEC)
   counts, edges = np.histogram(scores, bins=[0, 0.8, 1.6, 2.4, 3.2, 4.01])
   small['label_histogram'] = {
       f'{low:.1f}-{high:.1f}': int(count)
@@ -86,10 +97,7 @@ def main(argv):
   results['small'] = small
   if _CHALLENGE_EXAMPLES.value:
     challenge, _ = _benchmark(synthetic.CHALLENGE_SPEC, _CHALLENGE_EXAMPLES.value)
-    total = sum(synthetic.split_sizes(synthetic.CHALLENGE_SPEC).values())
-    rate = challenge[f'examples_per_second_{_PROCESSES.value}_processes']
-    challenge['dataset_examples'] = total
-    challenge['estimated_dataset_hours'] = round(total / rate / 3600.0, 2)
+    _add_estimates(challenge, synthetic.CHALLENGE_SPEC)
     results['challenge'] = challenge
   results['machine']['load_average_1min_at_end'] = os.getloadavg()[0]
   print(json.dumps(results, indent=2))

@@ -32,7 +32,7 @@ def test_measure_recovers_known_noise_and_streaks():
   streaks = np.where(slice_.masks['body'], 7.0, 0.0)
   noiseless = reference + streaks
   noisy = noiseless + rng.normal(0.0, 20.0, (64, 64))
-  measured = raters.measure(noisy, noiseless, reference, slice_, 3.0)
+  measured = raters.measure(noisy, noiseless, reference, slice_)
   assert measured.noise_hu == pytest.approx(20.0, rel=0.05)
   assert measured.streak_hu == pytest.approx(7.0, rel=1e-6)
   assert measured.lesion_cnr == math.inf
@@ -44,8 +44,8 @@ def test_lesion_cnr_falls_with_noise_and_rises_with_contrast():
 
   def cnr(contrast, noise_std):
     noisy = reference + rng.normal(0.0, noise_std, (64, 64))
-    return raters.measure(noisy, noisy, reference, _slice(lesion_contrast=contrast),
-                          3.0).lesion_cnr
+    return raters.measure(noisy, noisy, reference,
+                          _slice(lesion_contrast=contrast)).lesion_cnr
 
   assert cnr(20.0, 10.0) > cnr(20.0, 40.0)
   assert cnr(30.0, 10.0) > cnr(10.0, 10.0)

@@ -109,5 +109,7 @@ def test_bad_requests_name_the_problem():
     dataclasses.replace(TINY_SPEC, sparse_views=(48,))
   with pytest.raises(ValueError, match='dose_fractions'):
     dataclasses.replace(TINY_SPEC, dose_fractions=(1.0, 1.5))
+  with pytest.raises(ValueError, match='full_view_weight'):
+    dataclasses.replace(TINY_SPEC, full_view_weight=0.0)
   with pytest.raises(ValueError, match='split_patients'):
     dataclasses.replace(TINY_SPEC, split_patients={'dev': 2})

@@ -55,7 +55,7 @@ _KERNEL_HALF_WIDTH = 20
 # Pixel-views per chunk of views (bounds the temporaries, ~100 MB).
 _CHUNK_ELEMENTS = 1_500_000
 # Operators with at most this many non-zeros (float32 weights + int32
-# indices) are built once per process as sparse matrices (~200 MB for the
+# indices) are built once per process as sparse matrices (~170 MB for the
 # 128-pixel, 256-view scan) and reused across slices; larger ones (512
 # pixels) are applied chunk by chunk without being stored.
 _MAX_CACHED_NONZEROS = 24_000_000
@@ -88,10 +88,6 @@ class Geometry:
     """Bins: the even count just above the image diagonal, plus a margin."""
     return 2 * math.ceil(self.image_size * math.sqrt(2.0) / 2.0) + 2
 
-  @property
-  def field_of_view_mm(self) -> float:
-    return self.image_size * self.pixel_size_mm
-
 
 def view_indices(num_views_full: int, num_views: int) -> np.ndarray:
   """Indices into the full scan's views of an evenly strided sparse scan.
@@ -105,11 +101,6 @@ def view_indices(num_views_full: int, num_views: int) -> np.ndarray:
         f'A sparse scan needs num_views ({num_views}) dividing the full '
         f'scan\'s num_views ({num_views_full}).')
   return np.arange(0, num_views_full, num_views_full // num_views)
-
-
-def view_angles(num_views_full: int, num_views: int) -> np.ndarray:
-  """(num_views,) float64 view angles (radians) of a (sparse) scan."""
-  return np.pi * view_indices(num_views_full, num_views) / num_views_full
 
 
 def _pixel_centres(image_size: int) -> tuple[np.ndarray, np.ndarray]:

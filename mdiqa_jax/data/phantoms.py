@@ -374,8 +374,7 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int],
 
 
 def render_slice(patient: Patient, z_mm: float, *, image_size: int,
-                 pixel_size_mm: float, supersample: int = 2,
-                 texture_rng: Optional[np.random.Generator] = None) -> Slice:
+                 pixel_size_mm: float, supersample: int = 2) -> Slice:
   """Rasterises the patient's cross-section at z.
 
   Args:
@@ -384,15 +383,14 @@ def render_slice(patient: Patient, z_mm: float, *, image_size: int,
     image_size: N, pixels per side.
     pixel_size_mm: pixel side, mm.
     supersample: sub-pixels per pixel side (area averaging at edges).
-    texture_rng: source of the tissue textures; None draws them from
-      (patient_seed, z_mm), so a slice is a pure function of its arguments.
 
   Returns:
     A Slice with hu (N, N) float32.
   """
-  if texture_rng is None:
-    texture_rng = np.random.default_rng(
-        [patient.patient_seed, int(round(z_mm * 1000.0)) & 0xFFFFFFFF])
+  # Textures are seeded by (patient, z): a slice is a pure function of its
+  # arguments.
+  texture_rng = np.random.default_rng(
+      [patient.patient_seed, int(round(z_mm * 1000.0)) & 0xFFFFFFFF])
   size = image_size * supersample
   step = pixel_size_mm / supersample
   coords = (np.arange(size) - (size - 1) / 2.0) * step

@@ -83,8 +83,7 @@ def sample_panel(num_raters: int, rng: np.random.Generator) -> tuple[Rater, ...]
 
 
 def measure(noisy_hu: np.ndarray, noiseless_hu: np.ndarray,
-            reference_hu: np.ndarray, slice_: phantoms.Slice,
-            pixel_size_mm: float) -> Measurements:
+            reference_hu: np.ndarray, slice_: phantoms.Slice) -> Measurements:
   """Measures noise, streaks and lesion visibility of one reconstruction.
 
   Args:
@@ -93,7 +92,6 @@ def measure(noisy_hu: np.ndarray, noiseless_hu: np.ndarray,
       views, HU.
     reference_hu: (N, N) noise-free full-view reconstruction, HU.
     slice_: the phantom slice (tissue masks and lesions).
-    pixel_size_mm: pixel side, mm (sets the lesion smoothing scale).
 
   Returns:
     Measurements.

@@ -15,10 +15,12 @@ them.
 
 Degradation grid: every dose fraction at the full view count, and every
 (dose fraction, sparse view count) pair. Sparse scans keep the per-view dose.
-A slice's cell is drawn uniformly among the grid's cells; with the default
-grids the labels then cover 0..4 about evenly (full-view cells span ~2.2-4,
-each sparse view count about one Likert point below the next; histogram in
-bench/results/simulate_bench.json).
+A slice's cell is drawn at random, a full-view cell being `full_view_weight`
+times as likely as a sparse-view one: each sparse view count fills about one
+Likert point of the label range (16 / 32 / 64 views at 128 px: ~0-0.8 /
+0.8-1.6 / 1.6-2.4) while the full-view cells span ~2.4-4, so the default
+weight 2 spreads the labels about evenly over 0..4 (uniform cells put half
+the sparse examples near 0; histograms in bench/results/simulate_bench.json).
 """
 import dataclasses
 import zlib
@@ -57,6 +59,8 @@ class SyntheticSpec:
     filter_name: FBP filter, 'hann' or 'ramp'.
     slice_spacing_mm: distance between a patient's slices.
     supersample: phantom sub-pixels per pixel side.
+    full_view_weight: sampling weight of a full-view grid cell relative to a
+      sparse-view cell.
     window_width: display window width, HU.
     window_level: display window level, HU.
   """
@@ -74,6 +78,7 @@ class SyntheticSpec:
   filter_name: str = 'hann'
   slice_spacing_mm: float = 7.5
   supersample: int = 2
+  full_view_weight: float = 2.0
   window_width: float = intensity.WINDOW_WIDTH_HU
   window_level: float = intensity.WINDOW_LEVEL_HU
 
@@ -98,6 +103,9 @@ class SyntheticSpec:
     if self.num_raters < 1:
       raise ValueError(
           f'SyntheticSpec.num_raters must be >= 1, got {self.num_raters}.')
+    if not self.full_view_weight > 0:
+      raise ValueError('SyntheticSpec.full_view_weight must be > 0, got '
+                       f'{self.full_view_weight}.')
 
   @property
   def geometry(self) -> acquisition.Geometry:
@@ -239,8 +247,7 @@ def simulate_scan(spec: SyntheticSpec, split: str, patient_index: int,
   else:
     image_hu, noiseless_hu = reconstruct([noisy, sinogram])
     reference_hu, = reconstruct([full_sinogram])
-  measurements = raters.measure(image_hu, noiseless_hu, reference_hu, slice_,
-                                geometry.pixel_size_mm)
+  measurements = raters.measure(image_hu, noiseless_hu, reference_hu, slice_)
   rater_scores = raters.rate(measurements, panel, rng)
   example = {
       'image': intensity.window_to_unit(
@@ -261,9 +268,11 @@ def sample_degradation(spec: SyntheticSpec, split: str, patient_index: int,
                        slice_index: int) -> tuple[float, int]:
   """The grid cell a slice is scanned at (deterministic)."""
   grid = degradation_grid(spec)
+  weights = np.array([spec.full_view_weight if views == spec.num_views_full
+                      else 1.0 for _, views in grid])
   rng = np.random.default_rng(
       [spec.seed, _split_code(split), patient_index, slice_index, 0xD05E])
-  return grid[int(rng.integers(len(grid)))]
+  return grid[int(rng.choice(len(grid), p=weights / weights.sum()))]
 
 
 def generate_example(spec: SyntheticSpec, split: str,
