@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2          # Last N kept ...
   config.keep_best = 1                 # ... plus best-k by validation SROCC.
   config.async_checkpointing = True    # Orbax writes in a background thread.
-  config.parallel = 'pmap'             # 'pmap' | 'shard_map'.
+  # 'shard_map' (jit + shard_map over a device Mesh) | 'pmap'. The same per-device
+  # step runs under either; bench/train_bench.py measured them equal (JAX 0.10
+  # implements pmap with shard_map), and shard_map is JAX's supported path.
+  config.parallel = 'shard_map'
   config.distributed = False           # Call jax.distributed.initialize().
   return config
