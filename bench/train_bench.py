@@ -1,12 +1,13 @@
 r"""Training throughput: step time and images/s per config and parallel mode.
 
   python bench/train_bench.py [--configs=default,paper] [--modes=pmap,shard_map]
-      [--steps=10] [--batch_size.paper=2]
+      [--steps=5 --rounds=4] [--batch_size=paper=2 --steps_for=paper=1]
 
 For each config and each `config.parallel` mode, times the compiled data-parallel
 train step (mdiqa_jax.train_step.DataParallel over all local devices) on
 random batches of the config's global batch size and image size: compile time
-(first step), then the median wall time of `--steps` steps, each waited for.
+(first step), then the median wall time of the steps (each waited for) of
+`--rounds` rounds, each running `--steps` steps of every mode in turn.
 The input pipeline is not in the loop (bench/pipeline_bench.py times it).
 Writes bench/results/train_bench.json.
 """
@@ -36,12 +37,13 @@ CONFIGS = {'default': default_config.get_config, 'paper': paper_config.get_confi
 
 _CONFIGS = flags.DEFINE_list('configs', ['default', 'paper'], 'Configs to time.')
 _MODES = flags.DEFINE_list('modes', ['pmap', 'shard_map'], 'config.parallel values.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per config and mode.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per config, mode and round.')
+_ROUNDS = flags.DEFINE_integer('rounds', 4, 'Rounds; each times every mode in turn.')
 _BATCH_SIZES = flags.DEFINE_multi_string(
     'batch_size', [], 'NAME=SIZE: global batch size for a config (default: the config\'s), '
     'e.g. paper=2 on a CPU.')
 _STEPS_PER_CONFIG = flags.DEFINE_multi_string(
-    'steps_for', [], 'NAME=STEPS: timed steps for one config (default --steps).')
+    'steps_for', [], 'NAME=STEPS: steps per round for one config (default --steps).')
 _OUTPUT = flags.DEFINE_string('output', os.path.join(REPO_DIR, 'bench', 'results',
                                                      'train_bench.json'), 'JSON output.')
 
@@ -54,7 +56,8 @@ def _parse_pairs(values):
   return pairs
 
 
-def time_config(name: str, mode: str, batch_size: int, steps: int) -> dict:
+def compiled_step(name: str, mode: str, batch_size: int):
+  """Builds config `name` under `mode`; returns (config, params count, run_one_step)."""
   config = CONFIGS[name]()
   config.batch_size = batch_size
   config.parallel = mode
@@ -66,35 +69,46 @@ def time_config(name: str, mode: str, batch_size: int, steps: int) -> dict:
   parallel = train_step.DataParallel(
       train_step.make_train_step(config, model, losses.make_loss_fn(config), tx,
                                  learning_rate_fn), mode)
-  state = parallel.replicate(train_step.create_train_state(
-      params, tx, jax.random.PRNGKey(1), use_ema=bool(config.optim.ema_decay)))
+  holder = {'state': parallel.replicate(train_step.create_train_state(
+      params, tx, jax.random.PRNGKey(1), use_ema=bool(config.optim.ema_decay)))}
   rng = np.random.default_rng(0)
   size = config.data.image_size
   host_batch = {'image': rng.uniform(size=(batch_size, size, size, 1)).astype(np.float32),
                 'score': rng.uniform(0, 4, batch_size).astype(np.float32)}
 
-  def one_step(state):
-    state, metrics = parallel.step(state, parallel.shard_batch(host_batch))
-    jax.block_until_ready(metrics)
-    return state
-
-  start = time.perf_counter()
-  state = one_step(state)
-  compile_seconds = time.perf_counter() - start
-  seconds = []
-  for _ in range(steps):
+  def run_one_step() -> float:
     start = time.perf_counter()
-    state = one_step(state)
-    seconds.append(time.perf_counter() - start)
-  median = statistics.median(seconds)
-  return {
-      'config': name, 'parallel': mode, 'global_batch_size': batch_size,
-      'image_size': size, 'dtype': config.model.dtype,
-      'parameters': models.count_params(params),
-      'compile_and_first_step_seconds': compile_seconds,
-      'timed_steps': steps, 'step_seconds_median': median, 'step_seconds_min': min(seconds),
-      'images_per_second': batch_size / median,
-  }
+    holder['state'], metrics = parallel.step(holder['state'], parallel.shard_batch(host_batch))
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - start
+  return config, models.count_params(params), run_one_step
+
+
+def time_config(name: str, modes, batch_size: int, steps: int, rounds: int) -> list:
+  """Times every mode of one config, interleaving rounds of `steps` steps.
+
+  On a shared machine the load drifts; alternating the modes round by round
+  exposes them to the same drift, so their medians compare fairly.
+  """
+  entries, runners = {}, {}
+  for mode in modes:
+    config, num_params, run_one_step = compiled_step(name, mode, batch_size)
+    compile_seconds = run_one_step()
+    runners[mode] = run_one_step
+    entries[mode] = {
+        'config': name, 'parallel': mode, 'global_batch_size': batch_size,
+        'image_size': config.data.image_size, 'dtype': config.model.dtype,
+        'parameters': num_params, 'compile_and_first_step_seconds': compile_seconds,
+        'step_seconds': []}
+  for _ in range(rounds):
+    for mode in modes:
+      entries[mode]['step_seconds'].extend(runners[mode]() for _ in range(steps))
+  for entry in entries.values():
+    seconds = entry.pop('step_seconds')
+    entry.update(timed_steps=len(seconds), step_seconds_median=statistics.median(seconds),
+                 step_seconds_min=min(seconds),
+                 images_per_second=batch_size / statistics.median(seconds))
+  return list(entries.values())
 
 
 def main(argv):
@@ -104,8 +118,8 @@ def main(argv):
   results = []
   for name in _CONFIGS.value:
     batch_size = batch_sizes.get(name, CONFIGS[name]().batch_size)
-    for mode in _MODES.value:
-      entry = time_config(name, mode, batch_size, steps_for.get(name, _STEPS.value))
+    for entry in time_config(name, _MODES.value, batch_size,
+                             steps_for.get(name, _STEPS.value), _ROUNDS.value):
       print(json.dumps(entry), flush=True)
       results.append(entry)
   for name in _CONFIGS.value:

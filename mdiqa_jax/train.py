@@ -12,7 +12,10 @@ SROCC / KROCC / overall and writing <workdir>/eval_<split>/. Rerunning the
 same command resumes from the last checkpoint (parameters, optimiser, step,
 RNG and data iterator position). SIGTERM (preemption) saves a checkpoint and
 exits with status 0; a NaN/inf loss stops the run with an error, keeping the
-last good checkpoint.
+last good checkpoint: a step is saved only after the loss, gradient norm and
+parameter norm of every step since the previous save were found finite
+(metrics are fetched from the devices at log, eval and save steps only, so
+steps in between stay pipelined).
 
 Multi-host: set --config.distributed=True; `jax.distributed.initialize()`
 then finds the cluster by itself on Cloud TPU, SLURM and Open MPI, or from
@@ -21,7 +24,7 @@ then finds the cluster by itself on Cloud TPU, SLURM and Open MPI, or from
 import functools
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from absl import app
 from absl import flags
