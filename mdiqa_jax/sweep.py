@@ -193,14 +193,13 @@ def _outputs(plan: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def execute(plan: Dict[str, Any], finished: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-  """Runs one planned command unless finished; returns its sweep_result.json content.
+  """Runs one planned command; returns what it writes to sweep_result.json (None if
+  the command did not finish).
 
   `finished` maps config fingerprints to results of finished runs (a run
   with an identical config reuses one).
   """
   result_path = os.path.join(plan['run_dir'], RESULT_FILE)
-  if os.path.exists(result_path):
-    return _read_json(result_path)
   os.makedirs(plan['run_dir'], exist_ok=True)
   same = finished.get(plan['fingerprint'])
   if same is not None:
@@ -533,8 +532,9 @@ def run_sweep(config_patterns: Sequence[str], seeds: Sequence[int], workdir: str
   finished: Dict[str, Dict[str, Any]] = {}
   for plan in plans:
     result_path = os.path.join(plan['run_dir'], RESULT_FILE)
-    if report_only:
-      result = _read_json(result_path) if os.path.exists(result_path) else None
+    was_finished = os.path.exists(result_path)
+    if report_only or was_finished:
+      result = _read_json(result_path) if was_finished else None
     else:
       result = execute(plan, finished)
     if result is None:
@@ -543,7 +543,7 @@ def run_sweep(config_patterns: Sequence[str], seeds: Sequence[int], workdir: str
       result['uncertainty'] = uncertainty_check(read_predictions(result['predictions']))
     finished.setdefault(plan['fingerprint'], result)
     results.append(result)
-    if not report_only:
+    if not (report_only or was_finished):  # The report follows the sweep as it goes.
       write_report(results, plans, results_path, command=command, notes=notes)
   write_report(results, plans, results_path, command=command, notes=notes)
   return results
