@@ -24,9 +24,10 @@ The report (--results) holds, per group, a Markdown table of mean ± std over
 seeds of PLCC / SROCC / KROCC / overall and the wall time per run; the paper's
 claims as comparisons of rows; pseudo-label quality; the uncertainty check
 (Spearman correlation of |error| with the predicted std on the test split,
-coverage of ±1 and ±2 std); and PNG plots under <results dir>/images/ (bars
-with error bars per group, predictions vs labels of the best run, calibration
-of the best distribution model). --notes inserts a hand-written Markdown file.
+coverage of ±1 and ±2 std); and PNG plots <results dir>/images/<report>_*.png
+(RESULTS.md -> images/results_*.png: bars with error bars per group,
+predictions vs labels of the best run, calibration of the best distribution
+model). --notes inserts a hand-written Markdown file.
 """
 import ast
 import csv
@@ -65,6 +66,8 @@ CLAIMS = (
     ('Soft pseudo-labels beat no semi-supervision', 'semi/soft', 'semi/none'),
     ('Confidence-filtered pseudo-labels beat no semi-supervision', 'semi/confidence',
      'semi/none'),
+    ('Hard pseudo-labels from longer-trained teachers beat no semi-supervision',
+     'semi/hard_long_teachers', 'semi/none'),
 )
 
 
@@ -316,9 +319,9 @@ def _format(mean: float, std: float) -> str:
   return f'{mean:.4f} ± {std:.4f}'
 
 
-def _plots(rows: Dict[str, List[Dict[str, Any]]], image_dir: str,
-           results_dir: str) -> Dict[str, str]:
-  """Writes the PNGs; returns name -> path relative to the report."""
+def _plots(rows: Dict[str, List[Dict[str, Any]]], image_dir: str, results_dir: str,
+           prefix: str) -> Dict[str, str]:
+  """Writes the PNGs <image_dir>/<prefix>_*.png; returns name -> path relative to the report."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -342,7 +345,7 @@ def _plots(rows: Dict[str, List[Dict[str, Any]]], image_dir: str,
       axis.grid(axis='y', alpha=0.3)
     figure.suptitle(f'{group}: test metrics, mean ± std over seeds', fontsize=10)
     figure.tight_layout()
-    path = os.path.join(image_dir, f'results_{group}_bars.png')
+    path = os.path.join(image_dir, f'{prefix}_{group}_bars.png')
     figure.savefig(path, dpi=110)
     plt.close(figure)
     written[f'{group} bars'] = os.path.relpath(path, results_dir)
@@ -360,7 +363,7 @@ def _plots(rows: Dict[str, List[Dict[str, Any]]], image_dir: str,
                  f'overall {best["test"]["overall"]:.4f}', fontsize=9)
   axis.grid(alpha=0.3)
   figure.tight_layout()
-  path = os.path.join(image_dir, 'results_best_scatter.png')
+  path = os.path.join(image_dir, f'{prefix}_best_scatter.png')
   figure.savefig(path, dpi=110)
   plt.close(figure)
   written['best scatter'] = os.path.relpath(path, results_dir)
@@ -387,7 +390,7 @@ def _plots(rows: Dict[str, List[Dict[str, Any]]], image_dir: str,
                     f'std) {check["spearman"]:.3f}, within 1 std {check["within_1_std"]:.2f}',
                     fontsize=9)
     figure.tight_layout()
-    path = os.path.join(image_dir, 'results_calibration.png')
+    path = os.path.join(image_dir, f'{prefix}_calibration.png')
     figure.savefig(path, dpi=110)
     plt.close(figure)
     written['calibration'] = os.path.relpath(path, results_dir)
@@ -407,7 +410,10 @@ def write_report(results: Sequence[Dict[str, Any]], plans: Sequence[Dict[str, An
   missing = sorted({(p['name'], p['seed']) for p in plans} -
                    {(r['name'], r['seed']) for r in results})
   results_dir = os.path.dirname(os.path.abspath(path))
-  plots = _plots(rows, os.path.join(results_dir, 'images'), results_dir) if rows else {}
+  # Images are named after the report (RESULTS.md -> images/results_*.png).
+  prefix = os.path.splitext(os.path.basename(path))[0].lower()
+  plots = (_plots(rows, os.path.join(results_dir, 'images'), results_dir, prefix)
+           if rows else {})
 
   lines = ['# Results', '',
            f'Written by `mdiqa_jax.sweep` on '
