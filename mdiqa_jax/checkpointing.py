@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from mdiqa_jax import files
 from mdiqa_jax import models
 from mdiqa_jax import train_step
 
@@ -41,6 +42,12 @@ def _best_value(metrics: Dict[str, float]) -> float:
   value = metrics.get(BEST_METRIC) if metrics else None
   # A constant prediction has no correlation (NaN); it ranks below any value.
   return float(value) if value is not None and np.isfinite(value) else -np.inf
+
+
+def absolute_path(path: str) -> str:
+  """A local path made absolute (Orbax refuses relative ones); URLs (gs://...) unchanged."""
+  path = os.fspath(path)
+  return path if '://' in path else os.path.abspath(path)
 
 
 def create_manager(workdir: str, *, keep_last: int, keep_best: int,
@@ -66,7 +73,7 @@ def create_manager(workdir: str, *, keep_last: int, keep_best: int,
       preservation_policy=policy, best_fn=_best_value, best_mode='max',
       cleanup_tmp_directories=True, enable_async_checkpointing=async_save, create=True)
   return ocp.CheckpointManager(
-      os.path.join(os.fspath(workdir), CHECKPOINT_DIR), options=options,
+      os.path.join(absolute_path(workdir), CHECKPOINT_DIR), options=options,
       item_names=('state', 'data'))
 
 
@@ -107,10 +114,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + '.tmp', path)
+  files.write_text_atomically(os.path.join(workdir, CONFIG_FILE),
+                              config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -138,7 +143,7 @@ def _lists_to_tuples(value: Any) -> Any:
 def _open_for_reading(workdir: str) -> ocp.CheckpointManager:
   # Not read_only=True: that mode logs a warning per option it overrides.
   return ocp.CheckpointManager(
-      os.path.join(workdir, CHECKPOINT_DIR),
+      os.path.join(absolute_path(workdir), CHECKPOINT_DIR),
       options=ocp.CheckpointManagerOptions(best_fn=_best_value, best_mode='max',
                                            create=False, save_root_metadata=False),
       item_names=('state', 'data'))

@@ -13,7 +13,7 @@ The training job calls the same functions at the end of training.
 """
 import csv
 import functools
-import json
+import io
 import math
 import os
 from typing import Any, Callable, Dict, Optional
@@ -29,6 +29,7 @@ import numpy as np
 import tqdm
 
 from mdiqa_jax import checkpointing
+from mdiqa_jax import files
 from mdiqa_jax import metrics as metrics_lib
 from mdiqa_jax import models
 from mdiqa_jax.data import pipeline
@@ -139,24 +140,24 @@ def compute_metrics(predictions: Predictions) -> Dict[str, float]:
 
 def write_report(predictions: Predictions, metrics: Dict[str, float], output_dir: str, *,
                  split: str, checkpoint: str) -> None:
-  """Writes metrics.json, predictions.csv and scatter.png into output_dir."""
-  os.makedirs(output_dir, exist_ok=True)
+  """Writes metrics.json, predictions.csv and scatter.png into output_dir, each atomically."""
   summary = dict(metrics, split=split, num_examples=int(predictions['index'].size),
                  checkpoint=checkpoint)
-  with open(os.path.join(output_dir, 'metrics.json'), 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
+  files.write_json_atomically(os.path.join(output_dir, 'metrics.json'), summary)
 
   num_scales = predictions['scale_scores'].shape[1]
-  with open(os.path.join(output_dir, 'predictions.csv'), 'w', newline='',
-            encoding='utf-8') as f:
-    writer = csv.writer(f)
-    writer.writerow(['index', 'label', 'score', 'uncertainty'] +
-                    [f'scale_score_{k}' for k in range(num_scales)])
-    for i in range(predictions['index'].size):
-      writer.writerow([int(predictions['index'][i])] +
-                      [f'{predictions[key][i]:.6f}' for key in ('label', 'score',
-                                                                 'uncertainty')] +
-                      [f'{value:.6f}' for value in predictions['scale_scores'][i]])
+  table = io.StringIO()
+  writer = csv.writer(table)
+  writer.writerow(['index', 'label', 'score', 'uncertainty'] +
+                  [f'scale_score_{k}' for k in range(num_scales)])
+  for i in range(predictions['index'].size):
+    # 9 significant digits round-trip float32 exactly, so metrics recomputed
+    # from the CSV equal metrics.json even for nearly constant predictions.
+    writer.writerow([int(predictions['index'][i])] +
+                    [f'{predictions[key][i]:.9g}' for key in ('label', 'score',
+                                                               'uncertainty')] +
+                    [f'{value:.9g}' for value in predictions['scale_scores'][i]])
+  files.write_text_atomically(os.path.join(output_dir, 'predictions.csv'), table.getvalue())
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -172,7 +173,8 @@ def write_report(predictions: Predictions, metrics: Dict[str, float], output_dir
                  f'overall {metrics["overall"]:.4f}', fontsize=10)
   axis.grid(alpha=0.3)
   figure.tight_layout()
-  figure.savefig(os.path.join(output_dir, 'scatter.png'), dpi=120)
+  with files.atomic_path(os.path.join(output_dir, 'scatter.png')) as temporary:
+    figure.savefig(temporary, dpi=120)
   plt.close(figure)
 
 

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -60,6 +59,7 @@ import tqdm
 
 from mdiqa_jax import checkpointing
 from mdiqa_jax import evaluate
+from mdiqa_jax import files
 from mdiqa_jax import io as ct_io
 from mdiqa_jax import models
 from mdiqa_jax.data import intensity as intensity_lib
@@ -322,21 +322,6 @@ def format_json(rows: Sequence[Dict[str, Any]], failures: Sequence[Dict[str, Any
                     indent=2) + '\n'
 
 
-def write_atomically(path: str, text: str) -> None:
-  """Writes `text` to a temporary file beside `path`, then renames it onto `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
-                                       suffix='.tmp')
-  try:
-    with os.fdopen(handle, 'w', encoding='utf-8', newline='') as f:
-      f.write(text)
-    os.replace(temporary, path)
-  except BaseException:
-    os.unlink(temporary)
-    raise
-
-
 def heatmap_name(file: str, index: int, root: str) -> str:
   """PNG name of a slice's heatmap: its path under `root`, flattened, + slice."""
   relative = os.path.relpath(os.path.abspath(file), root)
@@ -462,7 +447,7 @@ def predict_command(options: Options) -> int:
   if output is None:
     sys.stdout.write(text)
   else:
-    write_atomically(output, text)
+    files.write_text_atomically(output, text)
   for error in failures:
     print(f'mdiqa-predict: failed: {error}', file=sys.stderr)
   print(f'mdiqa-predict: scored {len(rows)} slices; {len(failures)} files failed'

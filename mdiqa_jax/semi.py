@@ -59,6 +59,7 @@ import numpy as np
 
 from mdiqa_jax import checkpointing
 from mdiqa_jax import evaluate
+from mdiqa_jax import files
 from mdiqa_jax import losses
 from mdiqa_jax import metrics as metrics_lib
 from mdiqa_jax import models
@@ -109,14 +110,6 @@ def _check_semi(semi: ml_collections.ConfigDict) -> None:
 
 
 # --- Files ----------------------------------------------------------------------
-
-
-def _write_json(path: str, value: Any) -> None:
-  """Writes JSON atomically (temporary file + os.replace)."""
-  temporary = path + '.tmp'
-  with open(temporary, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(temporary, path)
 
 
 def _read_json(path: str) -> Any:
@@ -232,7 +225,7 @@ def _train_run(config: ml_collections.ConfigDict, run_dir: str, *, workdir: str,
     return None
   done = {'test': result['test'], 'validation': result['validation'],
           'step': result['step'], 'wall_seconds': time.time() - start}
-  _write_json(done_path, done)
+  files.write_json_atomically(done_path, done)
   log_event(workdir, stage, 'done', path=run_dir, wall_seconds=done['wall_seconds'])
   return done
 
@@ -248,7 +241,7 @@ def _check_teacher_spec(shared_dir: str, configs: Sequence[ml_collections.Config
           'teacher_seeds, teacher_folds). Choose another shared_dir.')
   else:
     os.makedirs(shared_dir, exist_ok=True)
-    _write_json(path, spec)
+    files.write_json_atomically(path, spec)
 
 
 # --- Stage 2: pseudo-labels -----------------------------------------------------
@@ -466,7 +459,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *,
       selection_path = os.path.join(student_dir, SELECTION_FILE)
       summary_path = os.path.join(student_dir, 'selection_summary.json')
       if not os.path.exists(summary_path):
-        _write_json(summary_path, write_student_selection(config, pseudo_dir, selection_path))
+        files.write_json_atomically(summary_path, write_student_selection(config, pseudo_dir, selection_path))
       done = _train_run(student_config(config, selection_path, j), student_dir,
                         workdir=workdir, stage='students', train_fn=train_fn)
       if done is None:
@@ -489,7 +482,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *,
       teacher_workdirs=[os.path.join(shared_dir, 'teachers', f'teacher_{i}')
                         for i in range(len(teachers))],
       wall_seconds_this_call=time.time() - start)
-  _write_json(os.path.join(workdir, RESULT_FILE), result)
+  files.write_json_atomically(os.path.join(workdir, RESULT_FILE), result)
   if last[0]['test']:
     print(f'student {config.data.test_split}: {evaluate.format_metrics(last[0]["test"])}',
           flush=True)

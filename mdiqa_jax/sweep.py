@@ -51,6 +51,8 @@ import ml_collections
 import numpy as np
 import scipy.stats
 
+from mdiqa_jax import files
+
 RESULT_FILE = 'sweep_result.json'
 FAILED_FILE = 'sweep_failed.json'
 METRICS = ('plcc', 'srocc', 'krocc', 'overall')
@@ -170,13 +172,6 @@ def _read_json(path: str) -> Any:
     return json.load(f)
 
 
-def _write_json(path: str, value: Any) -> None:
-  temporary = path + '.tmp'
-  with open(temporary, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(temporary, path)
-
-
 def _outputs(plan: Dict[str, Any]) -> Dict[str, Any]:
   """Test metrics and predictions file of a finished command."""
   run_dir = plan['run_dir']
@@ -208,7 +203,7 @@ def execute(plan: Dict[str, Any], finished: Dict[str, Dict[str, Any]]) -> Dict[s
   if same is not None:
     result = dict(same, same_as=same['run_dir'], same_as_name=same['name'],
                   run_dir=plan['run_dir'], name=plan['name'], config_file=plan['config_file'])
-    _write_json(result_path, result)
+    files.write_json_atomically(result_path, result)
     print(f'[sweep] {plan["name"]} seed {plan["seed"]}: same config as {same["run_dir"]}',
           flush=True)
     return result
@@ -225,7 +220,7 @@ def execute(plan: Dict[str, Any], finished: Dict[str, Dict[str, Any]]) -> Dict[s
     except FileNotFoundError as e:  # A preempted run exits 0 before its test evaluation.
       reason = f'exit status 0 but no test results ({e})'
   if outputs is None:
-    _write_json(os.path.join(plan['run_dir'], FAILED_FILE),
+    files.write_json_atomically(os.path.join(plan['run_dir'], FAILED_FILE),
                 {'reason': reason, 'command': command, 'wall_seconds': wall_seconds})
     print(f'[sweep] NOT FINISHED ({reason}) after {wall_seconds:.0f} s; see '
           f'{plan["run_dir"]}/run.log; rerun the sweep to resume it.', flush=True)
@@ -234,7 +229,7 @@ def execute(plan: Dict[str, Any], finished: Dict[str, Dict[str, Any]]) -> Dict[s
                 config_file=plan['config_file'], run_dir=plan['run_dir'],
                 command=shlex.join(command), wall_seconds=wall_seconds,
                 fingerprint=plan['fingerprint'])
-  _write_json(result_path, result)
+  files.write_json_atomically(result_path, result)
   if os.path.exists(os.path.join(plan['run_dir'], FAILED_FILE)):
     os.remove(os.path.join(plan['run_dir'], FAILED_FILE))
   print(f'[sweep] done in {wall_seconds:.0f} s: overall {result["test"]["overall"]:.4f}',
@@ -529,7 +524,7 @@ def run_sweep(config_patterns: Sequence[str], seeds: Sequence[int], workdir: str
     command = _read_json(command_path)['command'] if os.path.exists(command_path) else command
   else:
     os.makedirs(workdir, exist_ok=True)
-    _write_json(command_path, {'command': command})
+    files.write_json_atomically(command_path, {'command': command})
   # Seed-major order: every row gets its first seed before any gets its second,
   # so a sweep stopped early still fills the whole table.
   plans = [plan_run(config_file, seed, overrides, workdir)

@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     {'step': steps done, 'preempted': bool, 'validation': last validation
     metrics or None, 'test': test metrics or None}.
   """
-  workdir = os.fspath(workdir)
+  workdir = checkpointing.absolute_path(workdir)
   process_index, process_count = jax.process_index(), jax.process_count()
   _check_batch_sizes(config)
   if process_index == 0:

@@ -69,6 +69,19 @@ def test_keeps_the_last_n_and_the_best_k_by_validation_srocc(tmp_path):
   assert checkpointing.resolve_checkpoint(str(step_dir)) == (str(tmp_path), 5)
 
 
+def test_a_relative_workdir_saves_and_resolves(tmp_path, monkeypatch):
+  # The README's main command passes --workdir=runs/default; Orbax refuses relative paths.
+  monkeypatch.chdir(tmp_path)
+  manager = checkpointing.create_manager(os.path.join('runs', 'default'), keep_last=1,
+                                         keep_best=0, async_save=True)
+  checkpointing.save(manager, 3, {'w': np.arange(4, dtype=np.float32)})
+  manager.wait_until_finished()
+  manager.close()
+  workdir = str(tmp_path / 'runs' / 'default')
+  assert step_dirs(workdir) == [3]
+  assert checkpointing.resolve_checkpoint('runs/default') == (workdir, 3)
+
+
 def test_resolve_checkpoint_names_what_is_wrong(tmp_path):
   with pytest.raises(FileNotFoundError, match='neither a training workdir'):
     checkpointing.resolve_checkpoint(str(tmp_path))

@@ -1,7 +1,6 @@
 """Losses against slow numpy/scipy references."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from scipy import stats

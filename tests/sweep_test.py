@@ -70,7 +70,7 @@ def test_sweep_runs_each_pair_once_reuses_duplicates_records_failures_and_resume
   assert 'no_such_head' in open(os.path.join(failed, 'run.log'), encoding='utf-8').read()
   text = open(report, encoding='utf-8').read()
   overall = f'{metrics["overall"]:.4f} ± 0.0000'
-  assert f'| `rows/a` | Tiny row a. | 1 |' in text and overall in text
+  assert '| `rows/a` | Tiny row a. | 1 |' in text and overall in text
   assert 'Not run (or failed): `rows/c` seed 0.' in text
   assert os.path.exists(os.path.join(tmp_path, 'docs', 'images', 'results_rows_bars.png'))
 

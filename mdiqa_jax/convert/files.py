@@ -10,7 +10,6 @@ Every read error (truncated file, wrong format) is raised as a ValueError that
 names the file.
 """
 import json
-import os
 import pathlib
 import zipfile
 
@@ -18,6 +17,8 @@ from flax import traverse_util
 import numpy as np
 import orbax.checkpoint as ocp
 import safetensors
+
+from mdiqa_jax import files
 
 TORCH_SUFFIXES = ('.pth', '.pt', '.bin')
 # The file `mdiqa-convert` writes next to the Orbax params: family, preset, report.
@@ -135,7 +136,6 @@ def write_orbax(output_dir, params, info: dict) -> pathlib.Path:
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(params_dir, params)
   checkpointer.wait_until_finished()
-  temporary = output_dir / (CONVERSION_INFO + '.tmp')
-  temporary.write_text(json.dumps(info, indent=1) + '\n')
-  os.replace(temporary, output_dir / CONVERSION_INFO)
+  files.write_text_atomically(str(output_dir / CONVERSION_INFO),
+                              json.dumps(info, indent=1) + '\n')
   return params_dir

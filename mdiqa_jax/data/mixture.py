@@ -20,10 +20,11 @@ batch mixes both kinds:
                   targets of their label (the loss uses target_probs for
                   every example of a batch when the key is present).
 """
-import os
 from typing import Any, Dict, Optional
 
 import numpy as np
+
+from mdiqa_jax import files
 
 # Keys of a selection file; 'target_probs' and 'labeled_target_probs' come together.
 _REQUIRED = ('index', 'score', 'weight')
@@ -47,9 +48,8 @@ def write_selection(path: str, selection: Dict[str, np.ndarray],
     raise ValueError('Soft pseudo-labels need labeled_target_probs and vice versa.')
   if labeled_target_probs is not None:
     arrays['labeled_target_probs'] = labeled_target_probs
-  temporary = path + '.tmp.npz'
-  np.savez(temporary, **arrays)
-  os.replace(temporary, path)
+  with files.atomic_path(path) as temporary:
+    np.savez(temporary, **arrays)
 
 
 def load_selection(path: str) -> Dict[str, np.ndarray]:

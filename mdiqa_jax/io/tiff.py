@@ -11,7 +11,6 @@ pixel (RGB, grey + alpha) are accepted only when they hold one grey image;
 note that tifffile writes a (3, H, W) or (4, H, W) array as planar RGB unless
 told `photometric='minisblack'`, so such a stack is refused as colour.
 """
-import numpy as np
 import tifffile
 
 from mdiqa_jax.io import slices as slices_lib

@@ -1,0 +1,49 @@
+"""Atomic file writes: a crash or a kill leaves the old file or the new one, never half.
+
+  write_text_atomically(path, text)     text file
+  write_json_atomically(path, value)    JSON, indented, sorted keys
+  atomic_path(path) as temporary        any writer (np.savez, savefig, ...)
+
+Each writes a temporary file beside `path` (same file system, so the rename is
+atomic on POSIX) and `os.replace`s it onto `path`; a failed write removes the
+temporary file and leaves `path` untouched.
+"""
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temporary path to write; renames it onto `path` when the block ends.
+
+  The temporary name keeps `path`'s extension, for writers that choose the
+  format from it (np.savez appends '.npz' otherwise; matplotlib picks PNG).
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  name = os.path.basename(path)
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix=f'.{name}.',
+                                       suffix=os.path.splitext(name)[1] or '.tmp')
+  os.close(handle)
+  try:
+    yield temporary
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+    raise
+
+
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` (UTF-8, newlines as given) to `path` atomically."""
+  with atomic_path(path) as temporary:
+    with open(temporary, 'w', encoding='utf-8', newline='') as f:
+      f.write(text)
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+  """Writes `value` as indented JSON with sorted keys to `path` atomically."""
+  write_text_atomically(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
