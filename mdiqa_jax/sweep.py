@@ -68,8 +68,6 @@ CLAIMS = (
     ('Soft pseudo-labels beat no semi-supervision', 'semi/soft', 'semi/none'),
     ('Confidence-filtered pseudo-labels beat no semi-supervision', 'semi/confidence',
      'semi/none'),
-    ('Hard pseudo-labels from longer-trained teachers beat no semi-supervision',
-     'semi/hard_long_teachers', 'semi/none'),
 )
 
 
