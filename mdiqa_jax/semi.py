@@ -459,7 +459,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *,
       selection_path = os.path.join(student_dir, SELECTION_FILE)
       summary_path = os.path.join(student_dir, 'selection_summary.json')
       if not os.path.exists(summary_path):
-        files.write_json_atomically(summary_path, write_student_selection(config, pseudo_dir, selection_path))
+        files.write_json_atomically(
+            summary_path, write_student_selection(config, pseudo_dir, selection_path))
       done = _train_run(student_config(config, selection_path, j), student_dir,
                         workdir=workdir, stage='students', train_fn=train_fn)
       if done is None:

@@ -15,37 +15,15 @@ from mdiqa_jax import checkpointing
 from mdiqa_jax import models
 from mdiqa_jax import train_step
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(TESTS_DIR)
-sys.path.insert(0, TESTS_DIR)
-import tiny_train_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from child_process import REPO_DIR, TESTS_DIR, child_env
+import tiny_train_config
 
 CONFIG_FILE = os.path.join(TESTS_DIR, 'tiny_train_config.py')
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  tiny_train_config.build_tiny_dataset(path)
-  return path
-
-
-@pytest.fixture(scope='module')
-def compilation_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('jax_cache'))
 
 
 def train_command(workdir, data_dir, *overrides):
   return [sys.executable, '-m', 'mdiqa_jax.train', f'--config={CONFIG_FILE}:{data_dir}',
           f'--workdir={workdir}', *overrides]
-
-
-def train_env(cache):
-  env = dict(os.environ, PYTHONPATH=REPO_DIR + os.pathsep + os.environ.get('PYTHONPATH', ''),
-             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  env.pop('XLA_FLAGS', None)
-  return env
 
 
 def step_dirs(workdir):
@@ -117,17 +95,18 @@ RESUME_OVERRIDES = ('--config.num_train_steps=200', '--config.checkpoint_every_s
                     '--config.keep_checkpoints=2', '--config.keep_best=1')
 
 
-def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, data_dir,
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_data_dir,
                                                             compilation_cache):
-  env = train_env(compilation_cache)
+  env = child_env(compilation_cache)
   straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
-  completed = subprocess.run(train_command(straight, data_dir, *RESUME_OVERRIDES), env=env,
-                             capture_output=True, text=True, timeout=300, check=False,
+  completed = subprocess.run(train_command(straight, tiny_data_dir, *RESUME_OVERRIDES),
+                             env=env, capture_output=True, text=True, timeout=300, check=False,
                              cwd=REPO_DIR)
   assert completed.returncode == 0, completed.stderr[-5000:]
 
-  process = subprocess.Popen(train_command(interrupted, data_dir, *RESUME_OVERRIDES), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_DIR)
+  process = subprocess.Popen(train_command(interrupted, tiny_data_dir, *RESUME_OVERRIDES),
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             cwd=REPO_DIR)
   deadline = time.time() + 240
   checkpoints = os.path.join(interrupted, 'checkpoints')
   while time.time() < deadline and process.poll() is None:
@@ -140,9 +119,9 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, data_dir,
   killed_at = step_dirs(interrupted)
   assert 200 not in killed_at
 
-  resumed = subprocess.run(train_command(interrupted, data_dir, *RESUME_OVERRIDES), env=env,
-                           capture_output=True, text=True, timeout=300, check=False,
-                           cwd=REPO_DIR)
+  resumed = subprocess.run(train_command(interrupted, tiny_data_dir, *RESUME_OVERRIDES),
+                           env=env, capture_output=True, text=True, timeout=300,
+                           check=False, cwd=REPO_DIR)
   assert resumed.returncode == 0, resumed.stderr[-5000:]
   assert f'Resumed from {interrupted} at step {max(killed_at)}' in resumed.stderr
 
@@ -165,13 +144,14 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, data_dir,
     checkpointing.load_for_inference(os.path.join(interrupted, 'checkpoints', str(step)))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir, compilation_cache):
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_data_dir,
+                                                      compilation_cache):
   workdir = str(tmp_path / 'preempted')
   process = subprocess.Popen(
-      train_command(workdir, data_dir, '--config.num_train_steps=100000',
+      train_command(workdir, tiny_data_dir, '--config.num_train_steps=100000',
                     '--config.checkpoint_every_steps=100000', '--config.eval_every_steps=0',
                     '--config.log_every_steps=10'),
-      env=train_env(compilation_cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      env=child_env(compilation_cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
       text=True, cwd=REPO_DIR)
   log = []
   try:

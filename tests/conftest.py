@@ -1,4 +1,5 @@
-"""Shared test fixtures: CT DICOM files written with pydicom alone, a tiny checkpoint."""
+"""Shared test fixtures: CT DICOM files written with pydicom alone, a tiny checkpoint,
+the tiny synthetic dataset and a compilation cache for child processes."""
 import functools
 import os
 import types
@@ -160,3 +161,18 @@ def tiny_checkpoint(tmp_path_factory):
   return types.SimpleNamespace(
       workdir=workdir, step_dir=os.path.join(workdir, checkpointing.CHECKPOINT_DIR, '1'),
       config=config, params=jax.device_get(params))
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory):
+  """A TFDS data_dir holding 'ldct_iqa_synthetic/tiny' (tests/tiny_train_config.py)."""
+  import tiny_train_config  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp('tfds'))
+  tiny_train_config.build_tiny_dataset(path)
+  return path
+
+
+@pytest.fixture(scope='session')
+def compilation_cache(tmp_path_factory):
+  """A JAX compilation cache directory shared by the child processes of a test session."""
+  return str(tmp_path_factory.mktemp('jax_cache'))

@@ -1,7 +1,6 @@
 """Evaluation: crop averaging, split predictions, report files, the command."""
 import csv
 import json
-import os
 import subprocess
 import sys
 
@@ -19,17 +18,13 @@ from mdiqa_jax import train_step
 from mdiqa_jax.data import pipeline
 from mdiqa_jax.data import preprocess
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(TESTS_DIR)
-sys.path.insert(0, TESTS_DIR)
-import tiny_train_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from child_process import child_env
+import tiny_train_config
 
 
 @pytest.fixture(scope='module')
-def config(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  tiny_train_config.build_tiny_dataset(data_dir)
-  config = tiny_train_config.get_config(data_dir)
+def config(tiny_data_dir):
+  config = tiny_train_config.get_config(tiny_data_dir)
   config.eval_batch_size = 3  # 8 test slices: the last batch is padded.
   return config
 
@@ -112,9 +107,7 @@ def test_evaluate_command_reports_the_workdir_checkpoint(tmp_path, config, param
       rng=jax.random.PRNGKey(0)))
   manager.wait_until_finished()
   manager.close()
-  env = dict(os.environ, PYTHONPATH=REPO_DIR + os.pathsep + os.environ.get('PYTHONPATH', ''),
-             JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
+  env = child_env()
   completed = subprocess.run(
       [sys.executable, '-m', 'mdiqa_jax.evaluate', f'--workdir={workdir}', '--split=test',
        '--crops=5'], env=env, capture_output=True, text=True, timeout=300, check=False)

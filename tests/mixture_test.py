@@ -1,6 +1,5 @@
 """data/mixture: labeled + pseudo-labeled slices through the real training pipeline."""
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -9,15 +8,12 @@ from mdiqa_jax.data import mixture
 from mdiqa_jax.data import pipeline
 from mdiqa_jax.data import preprocess
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tiny_train_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tiny_train_config
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  tiny_train_config.build_tiny_dataset(path)
-  return path
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
 def _data_config(data_dir, selection_path):

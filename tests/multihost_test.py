@@ -14,50 +14,24 @@ import numpy as np
 import portpicker
 import pytest
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(TESTS_DIR)
+from child_process import TESTS_DIR, child_env, max_abs_difference, params_of
+
 WORKER = os.path.join(TESTS_DIR, 'data_parallel_worker.py')
 NUM_PROCESSES = 2
-
-
-def _env(num_devices: int, cache_dir: str) -> dict:
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
-  env['PYTHONPATH'] = REPO_DIR + os.pathsep + env.get('PYTHONPATH', '')
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['JAX_COMPILATION_CACHE_DIR'] = cache_dir
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-  return env
-
-
-def _params(results, name):
-  prefix = name + '/params/'
-  return {key[len(prefix):]: results[key] for key in results if key.startswith(prefix)}
-
-
-def _max_abs_difference(a, b):
-  assert a.keys() == b.keys()
-  return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-
-
-@pytest.fixture(scope='module')
-def compilation_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('jax_cache'))
 
 
 @pytest.mark.parametrize('mode', ['pmap', 'shard_map'])
 def test_two_hosts_match_each_other_and_a_single_process(tmp_path, compilation_cache, mode):
   coordinator = f'127.0.0.1:{portpicker.pick_unused_port()}'
-  cache = compilation_cache
   outputs = [tmp_path / f'host{i}.npz' for i in range(NUM_PROCESSES)]
   reference_out = tmp_path / 'reference.npz'
   processes = [
       subprocess.Popen([sys.executable, WORKER, 'host', str(outputs[i]), mode, coordinator,
-                        str(i), str(NUM_PROCESSES)], env=_env(2, cache),
+                        str(i), str(NUM_PROCESSES)], env=child_env(compilation_cache, num_devices=2),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(NUM_PROCESSES)]
   processes.append(subprocess.Popen([sys.executable, WORKER, 'reference', str(reference_out)],
-                                    env=_env(1, cache), stdout=subprocess.PIPE,
+                                    env=child_env(compilation_cache, num_devices=1), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True))
   try:
     logs = [process.communicate(timeout=300)[0] for process in processes]
@@ -74,11 +48,11 @@ def test_two_hosts_match_each_other_and_a_single_process(tmp_path, compilation_c
     assert int(host['process_count']) == NUM_PROCESSES
     assert int(host['device_count']) == 4
     assert int(host['host/step']) == 2
-  host_params = [_params(host, 'host') for host in hosts]
-  reference_params = _params(reference, 'reference')
-  assert _max_abs_difference(_params(reference, 'init'), reference_params) > 1e-2
-  assert _max_abs_difference(host_params[0], host_params[1]) == 0.0
-  assert _max_abs_difference(host_params[0], reference_params) < 1e-5
+  host_params = [params_of(host, 'host') for host in hosts]
+  reference_params = params_of(reference, 'reference')
+  assert max_abs_difference(params_of(reference, 'init'), reference_params) > 1e-2
+  assert max_abs_difference(host_params[0], host_params[1]) == 0.0
+  assert max_abs_difference(host_params[0], reference_params) < 1e-5
   np.testing.assert_allclose(hosts[0]['host/loss'], reference['reference/loss'], rtol=1e-5)
   np.testing.assert_allclose(hosts[0]['host/grad_norm'], reference['reference/grad_norm'],
                              rtol=1e-5)

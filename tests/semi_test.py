@@ -14,11 +14,8 @@ from mdiqa_jax import semi
 from mdiqa_jax.data import pipeline
 from mdiqa_jax.data import preprocess
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(TESTS_DIR)
-sys.path.insert(0, TESTS_DIR)
-import tiny_semi_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tiny_train_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from child_process import TESTS_DIR, child_env
+import tiny_semi_config
 
 
 def _mtimes(directory):
@@ -36,25 +33,20 @@ def _run_command(data_dir, workdir, cache_dir, *flags):
   command = [sys.executable, '-m', 'mdiqa_jax.semi',
              f'--config={os.path.join(TESTS_DIR, "tiny_semi_config.py")}:{data_dir}',
              f'--workdir={workdir}', *flags]
-  env = dict(os.environ, PYTHONPATH=REPO_DIR, JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+  completed = subprocess.run(command, env=child_env(cache_dir), capture_output=True, text=True, timeout=300,
                              check=False)
   assert completed.returncode == 0, completed.stderr[-3000:]
 
 
 @pytest.fixture(scope='module')
-def pipeline_run(tmp_path_factory):
+def pipeline_run(tmp_path_factory, tiny_data_dir, compilation_cache):
   """Stage 1 by the command (--stop_after=teachers), a failed stage 2, then the rest.
 
   Returns a dict: workdir, config, mtimes after stage 1, the log length
   before the full run, the result, ...
   """
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  tiny_train_config.build_tiny_dataset(data_dir)
+  data_dir, cache_dir = tiny_data_dir, compilation_cache
   workdir = str(tmp_path_factory.mktemp('semi'))
-  cache_dir = str(tmp_path_factory.mktemp('jax_cache'))
   _run_command(data_dir, workdir, cache_dir, '--stop_after=teachers')
   teachers_dir = os.path.join(workdir, 'teachers')
   after_teachers = _mtimes(teachers_dir)

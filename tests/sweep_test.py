@@ -2,17 +2,13 @@
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
 from mdiqa_jax import sweep
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(TESTS_DIR)
-sys.path.insert(0, TESTS_DIR)
-import tiny_train_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from child_process import REPO_DIR, TESTS_DIR
 
 ROW_CONFIG = f'''"""Tiny row {{name}}."""
 import sys
@@ -41,11 +37,10 @@ def _mtimes(directory):
 
 
 def test_sweep_runs_each_pair_once_reuses_duplicates_records_failures_and_resumes(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, tiny_data_dir):
   monkeypatch.setenv('PYTHONPATH', REPO_DIR)
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-  data_dir = str(tmp_path / 'tfds')
-  tiny_train_config.build_tiny_dataset(data_dir)
+  data_dir = tiny_data_dir
   rows = tmp_path / 'rows'
   rows.mkdir()
   _write_row(rows, 'a')

@@ -14,39 +14,18 @@ import sys
 import numpy as np
 import pytest
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(TESTS_DIR)
+from child_process import TESTS_DIR, child_env, max_abs_difference, params_of
+
 WORKER = os.path.join(TESTS_DIR, 'data_parallel_worker.py')
 EMA_DECAY = 0.5  # data_parallel_worker.EMA_DECAY
 
 
-def worker_env(num_devices: int, cache_dir: str) -> dict:
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
-  env['PYTHONPATH'] = REPO_DIR + os.pathsep + env.get('PYTHONPATH', '')
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['JAX_COMPILATION_CACHE_DIR'] = cache_dir
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-  return env
-
-
-def params_of(results, name):
-  prefix = name + '/params/'
-  return {key[len(prefix):]: results[key] for key in results if key.startswith(prefix)}
-
-
-def max_abs_difference(a, b):
-  assert a.keys() == b.keys()
-  return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-
-
 @pytest.fixture(scope='module')
-def results(tmp_path_factory):
+def results(tmp_path_factory, compilation_cache):
   out = tmp_path_factory.mktemp('devices') / 'results.npz'
-  cache = tmp_path_factory.mktemp('jax_cache')
   completed = subprocess.run([sys.executable, WORKER, 'devices', str(out)],
-                             env=worker_env(8, str(cache)), capture_output=True, text=True,
-                             timeout=600, check=False)
+                             env=child_env(compilation_cache, num_devices=8),
+                             capture_output=True, text=True, timeout=600, check=False)
   assert completed.returncode == 0, completed.stderr[-5000:]
   return dict(np.load(out))
 

@@ -6,7 +6,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from mdiqa_jax import checkpointing
 from mdiqa_jax import losses
@@ -15,31 +14,14 @@ from mdiqa_jax import optim
 from mdiqa_jax import train
 from mdiqa_jax import train_step
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(TESTS_DIR)
-sys.path.insert(0, TESTS_DIR)
-import tiny_train_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from child_process import REPO_DIR, TESTS_DIR, child_env
+import tiny_train_config
 
 CONFIG_FILE = os.path.join(TESTS_DIR, 'tiny_train_config.py')
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  tiny_train_config.build_tiny_dataset(path)
-  return path
-
-
-@pytest.fixture(scope='module')
-def compilation_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('jax_cache'))
-
-
 def run_train(workdir, data_dir, cache, *overrides, timeout=300):
-  env = dict(os.environ, PYTHONPATH=REPO_DIR + os.pathsep + os.environ.get('PYTHONPATH', ''),
-             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  env.pop('XLA_FLAGS', None)
+  env = child_env(cache)
   command = [sys.executable, '-m', 'mdiqa_jax.train', f'--config={CONFIG_FILE}:{data_dir}',
              f'--workdir={workdir}', *overrides]
   return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
@@ -73,10 +55,10 @@ def test_overfits_a_small_batch():
   assert history[-1] < history[0] / 10
 
 
-def test_command_line_overrides_reach_the_model_and_the_run(tmp_path, data_dir,
+def test_command_line_overrides_reach_the_model_and_the_run(tmp_path, tiny_data_dir,
                                                             compilation_cache):
   workdir = tmp_path / 'run'
-  completed = run_train(workdir, data_dir, compilation_cache, '--config.num_train_steps=3',
+  completed = run_train(workdir, tiny_data_dir, compilation_cache, '--config.num_train_steps=3',
                         '--config.optim.learning_rate=0.0123', '--config.model.vit.depth=1',
                         '--config.model.vit.feature_blocks=(0,)',
                         '--config.checkpoint_every_steps=2', '--config.eval_every_steps=0')
@@ -99,10 +81,10 @@ def test_command_line_overrides_reach_the_model_and_the_run(tmp_path, data_dir,
              for name in os.listdir(workdir / 'tensorboard'))
 
 
-def test_non_finite_loss_stops_and_keeps_only_finite_checkpoints(tmp_path, data_dir,
+def test_non_finite_loss_stops_and_keeps_only_finite_checkpoints(tmp_path, tiny_data_dir,
                                                                  compilation_cache):
   workdir = tmp_path / 'diverging'
-  completed = run_train(workdir, data_dir, compilation_cache, '--config.num_train_steps=10',
+  completed = run_train(workdir, tiny_data_dir, compilation_cache, '--config.num_train_steps=10',
                         '--config.optim.learning_rate=1e15', '--config.optim.grad_clip_norm=0',
                         '--config.checkpoint_every_steps=1', '--config.log_every_steps=1',
                         '--config.eval_every_steps=0')
