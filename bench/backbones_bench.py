@@ -15,8 +15,6 @@ bench/results/backbones_bench.json.
 import json
 import os
 import pathlib
-import platform
-import statistics
 import tempfile
 import time
 
@@ -27,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
+import bench_common
 from mdiqa_jax.convert import load_pretrained
 from mdiqa_jax.models.convnext import ConvNeXt, convnext_config
 from mdiqa_jax.models.vit import ViT, vit_config
@@ -47,16 +46,6 @@ _REGISTRY = (pathlib.Path(__file__).resolve().parent.parent / 'tests' / 'fixture
              'timm_registry_shapes.json')
 
 
-def _median_seconds(function, *arguments):
-  jax.block_until_ready(function(*arguments))  # Compile and warm up.
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(function(*arguments))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def _time_backbone(family, preset, module):
   images = jnp.asarray(np.random.default_rng(0).normal(
       size=(_BATCH.value, _IMAGE_SIZE.value, _IMAGE_SIZE.value, _CHANNELS.value)), jnp.float32)
@@ -70,8 +59,10 @@ def _time_backbone(family, preset, module):
   return {
       'family': family, 'preset': preset,
       'num_params': sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
-      'forward_s': _median_seconds(forward, params, images),
-      'forward_backward_s': _median_seconds(backward, params, images),
+      'forward_s': bench_common.median_seconds(forward, params, images,
+                                               repeats=_REPEATS.value),
+      'forward_backward_s': bench_common.median_seconds(backward, params, images,
+                                                        repeats=_REPEATS.value),
   }
 
 
@@ -112,14 +103,10 @@ def main(argv):
           f'({row["loaded"]} loaded; {row["resized"] + row["adapted"]})')
   result = {
       'image_size': _IMAGE_SIZE.value, 'batch': _BATCH.value, 'channels': _CHANNELS.value,
-      'repeats': _REPEATS.value, 'device': jax.devices()[0].device_kind,
-      'jax': jax.__version__, 'machine': platform.machine(), 'cpu_count': os.cpu_count(),
+      'repeats': _REPEATS.value, **bench_common.machine_info(),
       'backbones': backbones, 'loads': loads,
   }
-  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
-  with open(_OUTPUT.value, 'w') as handle:
-    json.dump(result, handle, indent=1)
-  print(f'Wrote {_OUTPUT.value}')
+  bench_common.write_results(_OUTPUT.value, result)
 
 
 if __name__ == '__main__':

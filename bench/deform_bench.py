@@ -7,11 +7,8 @@ bench/results/deform_bench.json.
 
   python bench/deform_bench.py --repeats=20
 """
-import json
+import functools
 import os
-import platform
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -19,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bench_common
 from mdiqa_jax.ops import deform_conv2d
 
 _REPEATS = flags.DEFINE_integer('repeats', 20, 'Timed calls per measurement.')
@@ -32,19 +30,6 @@ _OUTPUT = flags.DEFINE_string(
 # (batch, height, width, in_channels, out_channels, kernel_size): the
 # alignment-block scales MD-IQA uses (CNN features at 1/8 and 1/16 of a crop).
 _SHAPES = ((2, 32, 32, 64, 64, 3), (2, 16, 16, 128, 128, 3))
-
-
-def _median_seconds(function, arguments):
-  """Median wall time of jitted `function(*arguments)`, after warm-up."""
-  jax.block_until_ready(function(*arguments))
-  for _ in range(_WARMUP.value):
-    jax.block_until_ready(function(*arguments))
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(function(*arguments))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _forward_and_backward(forward, num_arguments):
@@ -81,13 +66,17 @@ def _benchmark_shape(batch, height, width, in_channels, out_channels,
 
   deform_inputs = (x, offset, mask, kernel)
   conv_inputs = (x, kernel)
+  # The first call compiles; --warmup more calls follow before the timed ones.
+  median_seconds = functools.partial(bench_common.median_seconds,
+                                     repeats=_REPEATS.value,
+                                     warmup=1 + _WARMUP.value)
   seconds = {
-      'deform_forward': _median_seconds(jax.jit(deform), deform_inputs),
-      'conv_forward': _median_seconds(jax.jit(conv), conv_inputs),
-      'deform_forward_backward': _median_seconds(
-          _forward_and_backward(deform, 4), deform_inputs),
-      'conv_forward_backward': _median_seconds(
-          _forward_and_backward(conv, 2), conv_inputs),
+      'deform_forward': median_seconds(jax.jit(deform), *deform_inputs),
+      'conv_forward': median_seconds(jax.jit(conv), *conv_inputs),
+      'deform_forward_backward': median_seconds(
+          _forward_and_backward(deform, 4), *deform_inputs),
+      'conv_forward_backward': median_seconds(
+          _forward_and_backward(conv, 2), *conv_inputs),
   }
   return {
       'shape': dict(batch=batch, height=height, width=width,
@@ -119,22 +108,13 @@ def main(argv):
           f'{result["ratio_forward_backward"]:6.1f}')
   report = {
       'benchmark': 'deform_conv2d vs lax.conv_general_dilated, jit, float32',
-      'device': str(jax.devices()[0]),
-      'platform': jax.default_backend(),
-      'cpu_count': os.cpu_count(),
-      # Other jobs on a shared machine inflate the medians; the load says how
-      # much to trust them.
-      'load_average_1min': os.getloadavg()[0],
-      'machine': platform.machine(),
-      'jax_version': jax.__version__,
+      **bench_common.machine_info(),
+      'jax_version': jax.__version__,  # The key of earlier deform_bench.json.
       'repeats': _REPEATS.value,
       'warmup': _WARMUP.value,
       'results': results,
   }
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, 'w') as f:
-    json.dump(report, f, indent=2)
-  print(f'wrote {_OUTPUT.value}')
+  bench_common.write_results(_OUTPUT.value, report)
 
 
 if __name__ == '__main__':

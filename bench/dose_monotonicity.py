@@ -23,18 +23,17 @@ Reports (printed and written as JSON):
 """
 import json
 import os
-import platform
 import tempfile
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 import numpy as np
 from scipy import stats
 
+import bench_common
 from mdiqa_jax import checkpointing
 from mdiqa_jax import predict
 from mdiqa_jax import train
@@ -152,14 +151,10 @@ def main(argv):
       'trained_in_this_run': trained_here,
       'train_seconds': trained_s,
       'total_seconds': time.time() - started,
-      'device': jax.devices()[0].device_kind,
-      'machine': platform.machine(),
+      **bench_common.machine_info(),
   })
   print(json.dumps(report, indent=2))
-  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
-  with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=2)
-    f.write('\n')
+  bench_common.write_results(_OUTPUT.value, report)
 
 
 if __name__ == '__main__':

@@ -10,10 +10,8 @@ bench/results/model_bench.json. Timings on a shared machine are noisy; compare
 variants measured in the same run.
 """
 import importlib.util
-import json
 import os
 import platform
-import statistics
 import time
 
 from absl import app
@@ -22,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bench_common
 from mdiqa_jax import losses, models
 
 _CONFIGS = flags.DEFINE_list('configs', ['configs/default.py', 'configs/paper.py'],
@@ -36,16 +35,6 @@ def load_config(path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
-
-
-def median_seconds(fn, *args):
-  jax.block_until_ready(fn(*args))  # Warm-up (compiled already).
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def measure(path):
@@ -79,8 +68,10 @@ def measure(path):
       'params_by_module': {name: models.count_params(sub) for name, sub in params.items()},
       'forward_compile_s': forward_compile,
       'forward_backward_compile_s': backward_compile,
-      'forward_s': median_seconds(forward, params, images),
-      'forward_backward_s': median_seconds(backward, params),
+      'forward_s': bench_common.median_seconds(forward, params, images,
+                                               repeats=_REPEATS.value),
+      'forward_backward_s': bench_common.median_seconds(backward, params,
+                                                        repeats=_REPEATS.value),
   }
 
 
@@ -98,12 +89,11 @@ def main(argv):
     for r in results[1:]:
       print(f"{r['config']} / {base['config']} forward time ratio: "
             f"{r['forward_s'] / base['forward_s']:.1f}x")
-  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
-  with open(_OUTPUT.value, 'w') as f:
-    json.dump({'device': str(jax.devices()[0]), 'platform': platform.platform(),
-               'cpu_count': os.cpu_count(), 'load_average': os.getloadavg(),
-               'results': results}, f, indent=2)
-  print('wrote', _OUTPUT.value)
+  # 'platform' (the OS here) and 'load_average' (1, 5, 15 min) as in earlier
+  # model_bench.json files.
+  bench_common.write_results(_OUTPUT.value, {
+      **bench_common.machine_info(), 'platform': platform.platform(),
+      'load_average': os.getloadavg(), 'results': results})
 
 
 if __name__ == '__main__':

@@ -14,9 +14,7 @@ Prints a table and writes bench/results/pipeline_bench.json.
 
   python bench/pipeline_bench.py [--dataset=ldct_iqa_synthetic/small]
 """
-import json
 import os
-import platform
 import resource
 import shutil
 import tempfile
@@ -29,6 +27,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+import bench_common
 from mdiqa_jax import config_base
 from mdiqa_jax.data import pipeline
 
@@ -130,9 +129,8 @@ def main(argv):
       'benchmark': 'input pipeline: dataset build from scratch, train and eval '
                    'iterators (grain over TFDS array_record data sources)',
       'dataset': _DATASET.value,
-      'cpu_count': len(os.sched_getaffinity(0)),
-      'load_average_1min': os.getloadavg()[0],
-      'machine': platform.machine(),
+      **bench_common.machine_info(),
+      'cpu_count': len(os.sched_getaffinity(0)),  # The CPUs this process may use.
       'versions': {'tensorflow_datasets': tfds.__version__,
                    'grain': grain.__version__,
                    'jax': jax.__version__, 'numpy': np.__version__},
@@ -144,10 +142,7 @@ def main(argv):
       'train_iterator': train,
       'eval_pass': evaluation,
   }
-  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
-  with open(_OUTPUT.value, 'w') as f:
-    json.dump(result, f, indent=2)
-  print(f'wrote {_OUTPUT.value}')
+  bench_common.write_results(_OUTPUT.value, result)
 
 
 if __name__ == '__main__':

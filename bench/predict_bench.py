@@ -13,9 +13,7 @@ Prints a summary and writes bench/results/predict_bench.json.
 
   python bench/predict_bench.py [--num_slices=64] [--batch_size=32] [--format=npy]
 """
-import json
 import os
-import platform
 import tempfile
 import time
 
@@ -24,6 +22,7 @@ from absl import flags
 import jax
 import numpy as np
 
+import bench_common
 from mdiqa_jax import io as ct_io
 from mdiqa_jax import models
 from mdiqa_jax import predict
@@ -130,12 +129,7 @@ def main(argv):
                                    for _ in range(repeats)])
 
   results = {
-      'device': jax.devices()[0].device_kind,
-      'platform': jax.default_backend(),
-      'cpu_count': os.cpu_count(),
-      'load_average_1min': os.getloadavg()[0],  # Other jobs share the CPUs.
-      'machine': platform.machine(),
-      'jax': jax.__version__,
+      **bench_common.machine_info(),
       'slice_side': _SIDE,
       'num_slices': count,
       'batch_size': batch_size,
@@ -152,10 +146,7 @@ def main(argv):
   for file_format, rates in by_format.items():
     print(f"  {file_format:6s} end to end {rates['end_to_end_slices_per_s']:7.1f} slices/s, "
           f"read + preprocess {rates['read_preprocess_slices_per_s']:7.1f} slices/s")
-  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
-  with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
-    json.dump(results, f, indent=2)
-    f.write('\n')
+  bench_common.write_results(_OUTPUT.value, results)
 
 
 if __name__ == '__main__':

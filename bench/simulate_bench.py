@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+import bench_common
 from mdiqa_jax.data import synthetic
 
 _SMALL_EXAMPLES = flags.DEFINE_integer(
@@ -82,7 +83,7 @@ def _add_estimates(result, spec):
 def main(argv):
   del argv
   results = {
-      'machine': {'cpu_count': os.cpu_count(),
+      'machine': {**bench_common.machine_info(),
                   'processor': platform.processor() or platform.machine(),
                   'load_average_1min_at_start': os.getloadavg()[0]},
       'processes': _PROCESSES.value,
@@ -101,10 +102,7 @@ def main(argv):
     results['challenge'] = challenge
   results['machine']['load_average_1min_at_end'] = os.getloadavg()[0]
   print(json.dumps(results, indent=2))
-  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
-  with open(_OUTPUT.value, 'w') as file:
-    json.dump(results, file, indent=2)
-  print(f'Wrote {_OUTPUT.value}')
+  bench_common.write_results(_OUTPUT.value, results)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,6 @@ Writes bench/results/train_bench.json.
 """
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_DIR)
 
+import bench_common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default as default_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import paper as paper_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mdiqa_jax import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -128,16 +128,11 @@ def main(argv):
       print(f'{name}: fastest mode {min(by_mode, key=by_mode.get)} {by_mode}')
   report = {
       'benchmark': 'data-parallel train step (compiled), random batches, no input pipeline',
-      'device': str(jax.devices()[0]), 'platform': jax.default_backend(),
-      'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
-      'load_average_1min': os.getloadavg()[0], 'machine': platform.machine(),
+      **bench_common.machine_info(),
       'versions': {'jax': jax.__version__, 'numpy': np.__version__},
       'results': results,
   }
-  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
-  with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=2)
-  print(f'wrote {_OUTPUT.value}')
+  bench_common.write_results(_OUTPUT.value, report)
 
 
 if __name__ == '__main__':
