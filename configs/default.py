@@ -4,8 +4,8 @@
 
 builds 'ldct_iqa_synthetic/small' (640 / 160 / 240 slices of 128 px), trains
 16 epochs (640 steps of 16) and evaluates on the test split. Tuned so that the
-whole job fits a 2-core CPU in well under 20 minutes (measured: build 134 s,
-training + evaluation 8.6 min on a shared, loaded 2-core machine) with test
+whole job fits a 2-core CPU in well under 20 minutes (measured from a fresh
+venv: 304 s in all on an idle machine, 11 min on a loaded one) with test
 SROCC 0.92:
 - 96 x 96 windows (crop_fraction 0.75): native pixels, no resampling, and
   about half the compute of 128 px windows;
