@@ -173,8 +173,7 @@ def write_report(predictions: Predictions, metrics: Dict[str, float], output_dir
                  f'overall {metrics["overall"]:.4f}', fontsize=10)
   axis.grid(alpha=0.3)
   figure.tight_layout()
-  with files.atomic_path(os.path.join(output_dir, 'scatter.png')) as temporary:
-    figure.savefig(temporary, dpi=120)
+  files.save_figure_atomically(figure, os.path.join(output_dir, 'scatter.png'), dpi=120)
   plt.close(figure)
 
 

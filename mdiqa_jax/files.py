@@ -2,7 +2,8 @@
 
   write_text_atomically(path, text)     text file
   write_json_atomically(path, value)    JSON, indented, sorted keys
-  atomic_path(path) as temporary        any writer (np.savez, savefig, ...)
+  atomic_path(path) as temporary        any writer (np.savez, ...)
+  save_figure_atomically(figure, path)  matplotlib figure
 
 Each writes a temporary file beside `path` (same file system, so the rename is
 atomic on POSIX) and `os.replace`s it onto `path`; a failed write removes the
@@ -11,7 +12,7 @@ temporary file and leaves `path` untouched.
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 from typing import Any, Iterator
 
 
@@ -25,9 +26,10 @@ def atomic_path(path: str) -> Iterator[str]:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   name = os.path.basename(path)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=f'.{name}.',
-                                       suffix=os.path.splitext(name)[1] or '.tmp')
-  os.close(handle)
+  # A fresh name the writer creates itself, so the file gets the usual
+  # permissions (umask), not mkstemp's owner-only 0600.
+  temporary = os.path.join(directory, f'.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}'
+                                      f'{os.path.splitext(name)[1] or ".tmp"}')
   try:
     yield temporary
     os.replace(temporary, path)
@@ -47,3 +49,9 @@ def write_text_atomically(path: str, text: str) -> None:
 def write_json_atomically(path: str, value: Any) -> None:
   """Writes `value` as indented JSON with sorted keys to `path` atomically."""
   write_text_atomically(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
+
+
+def save_figure_atomically(figure: Any, path: str, **savefig_kwargs: Any) -> None:
+  """`figure.savefig(path, **savefig_kwargs)` (matplotlib), atomically."""
+  with atomic_path(path) as temporary:
+    figure.savefig(temporary, **savefig_kwargs)

@@ -365,7 +365,7 @@ def write_heatmap(path: str, image: np.ndarray, prediction: Dict[str, Any], titl
   figure.suptitle(f'{title}\nscore {prediction["score"]:.3f} ± '
                   f'{prediction["uncertainty"]:.3f}', fontsize=10)
   figure.tight_layout()
-  figure.savefig(path, dpi=90)
+  files.save_figure_atomically(figure, path, dpi=90)
   plt.close(figure)
 
 

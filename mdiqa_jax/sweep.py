@@ -339,7 +339,7 @@ def _plots(rows: Dict[str, List[Dict[str, Any]]], image_dir: str, results_dir: s
     figure.suptitle(f'{group}: test metrics, mean ± std over seeds', fontsize=10)
     figure.tight_layout()
     path = os.path.join(image_dir, f'{prefix}_{group}_bars.png')
-    figure.savefig(path, dpi=110)
+    files.save_figure_atomically(figure, path, dpi=110)
     plt.close(figure)
     written[f'{group} bars'] = os.path.relpath(path, results_dir)
 
@@ -357,7 +357,7 @@ def _plots(rows: Dict[str, List[Dict[str, Any]]], image_dir: str, results_dir: s
   axis.grid(alpha=0.3)
   figure.tight_layout()
   path = os.path.join(image_dir, f'{prefix}_best_scatter.png')
-  figure.savefig(path, dpi=110)
+  files.save_figure_atomically(figure, path, dpi=110)
   plt.close(figure)
   written['best scatter'] = os.path.relpath(path, results_dir)
 
@@ -384,7 +384,7 @@ def _plots(rows: Dict[str, List[Dict[str, Any]]], image_dir: str, results_dir: s
                     fontsize=9)
     figure.tight_layout()
     path = os.path.join(image_dir, f'{prefix}_calibration.png')
-    figure.savefig(path, dpi=110)
+    files.save_figure_atomically(figure, path, dpi=110)
     plt.close(figure)
     written['calibration'] = os.path.relpath(path, results_dir)
   return written
@@ -500,10 +500,7 @@ def write_report(results: Sequence[Dict[str, Any]], plans: Sequence[Dict[str, An
   if missing:
     lines += ['', 'Not run (or failed): ' + ', '.join(f'`{n}` seed {s}' for n, s in missing)
               + '.']
-  os.makedirs(results_dir, exist_ok=True)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(path + '.tmp', path)
+  files.write_text_atomically(path, '\n'.join(lines) + '\n')
 
 
 def run_sweep(config_patterns: Sequence[str], seeds: Sequence[int], workdir: str,

@@ -41,3 +41,26 @@ def test_atomic_path_keeps_the_extension_for_format_sniffing_writers(tmp_path):
   with np.load(path) as loaded:
     np.testing.assert_array_equal(loaded['index'], [0, 1, 2])
   assert os.listdir(tmp_path) == ['selection.npz']
+
+
+def test_save_figure_writes_a_png_and_nothing_else(tmp_path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  figure, axis = plt.subplots(figsize=(2, 1))
+  axis.plot([0, 1], [1, 0])
+  path = tmp_path / 'plots' / 'line.png'
+  files.save_figure_atomically(figure, str(path), dpi=50)
+  plt.close(figure)
+  with Image.open(path) as image:
+    assert image.format == 'PNG' and image.size == (100, 50)
+  assert os.listdir(tmp_path / 'plots') == ['line.png']
+
+
+def test_written_files_get_the_umask_permissions_like_open_would(tmp_path):
+  reference = tmp_path / 'reference.txt'
+  reference.write_text('x')
+  path = tmp_path / 'atomic.txt'
+  files.write_text_atomically(str(path), 'x')
+  assert os.stat(path).st_mode == os.stat(reference).st_mode

@@ -20,6 +20,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from mdiqa_jax import files  # pylint: disable=g-import-not-at-top
 from mdiqa_jax.data import intensity  # pylint: disable=g-import-not-at-top
 from mdiqa_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
@@ -88,7 +89,7 @@ def render(spec: synthetic.SyntheticSpec, split: str, patient_index: int,
       f' HU; label = mean of {spec.num_raters} simulated raters (0-4)',
       fontsize=10)
   figure.tight_layout()
-  figure.savefig(output, dpi=dpi)
+  files.save_figure_atomically(figure, output, dpi=dpi)
   plt.close(figure)
   return examples
 
