@@ -1,9 +1,13 @@
 """Running the package in a child process: commands under test and device workers.
 
-  child_env(cache_dir, num_devices=None) -> os.environ for the child
+  child_env(cache_dir, num_devices=None)  the environment for the child
+  params_of(results, name)                a worker's saved params, by path
+  max_abs_difference(a, b)                largest |a - b| over those
 """
 import os
 from typing import Dict, Optional
+
+import numpy as np
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TESTS_DIR)
@@ -15,7 +19,7 @@ def child_env(cache_dir: Optional[str] = None,
 
   Args:
     cache_dir: JAX's persistent compilation cache, shared by the children of
-      one test module (each compilation is then paid once); None = no cache.
+      a test session (each compilation is then paid once); None = no cache.
     num_devices: fake CPU devices (XLA_FLAGS); None = the platform's one device,
       whatever this (parent) process was given.
   """
@@ -39,5 +43,4 @@ def params_of(results, name: str) -> Dict:
 def max_abs_difference(a: Dict, b: Dict) -> float:
   """Largest |a - b| over arrays of the same keys."""
   assert a.keys() == b.keys()
-  import numpy as np  # pylint: disable=g-import-not-at-top
   return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
