@@ -11,15 +11,17 @@ i.e. through the reading, windowing and preprocessing of mdiqa-predict.
 Reports (printed and written as JSON):
   spearman_score_dose         Spearman between score and dose over all scans;
   per_slice                   Spearman between score and dose within each
-                              slice (its 4 scans): mean, and the fractions of
-                              slices with rho = 1 (monotone) and rho > 0; the
-                              same for the simulated radiologists' labels;
+                              slice (its 4 scans): mean, the fractions of
+                              slices with rho = 1 (monotone) and rho > 0, and
+                              the fraction of one-level dose reductions
+                              (100 -> 75 -> 50 -> 25 %) that lower the value;
+                              the same for the simulated radiologists' labels;
   mean_score_by_dose          mean score at each dose;
   spearman_score_label        Spearman between score and the simulated
                               radiologists' mean score (sanity check).
 
   python bench/dose_monotonicity.py --workdir=/tmp/mdiqa_default \
-      [--config=configs/default.py] [--num_slices=40]
+      [--config=configs/default.py] [--num_slices=40] [--crops=1]
 """
 import json
 import os
@@ -50,6 +52,8 @@ _SYNTHETIC = flags.DEFINE_string(
     'synthetic', None, "Synthetic dataset config whose physics and patients are scanned "
     "('small', 'challenge'); default: the one config.data.name names.")
 _SPLIT = flags.DEFINE_string('split', 'test', 'Synthetic split whose patients are scanned.')
+_CROPS = flags.DEFINE_integer('crops', None, 'Test-time views per slice (1 or 5); '
+                              "default: the run's config.data.test_crops.")
 _OUTPUT = flags.DEFINE_string(
     'output', os.path.join(os.path.dirname(__file__), 'results', 'dose_monotonicity.json'),
     'JSON file to write.')
@@ -96,13 +100,19 @@ def _simulate(spec: synthetic.SyntheticSpec, split: str, num_slices: int,
 
 
 def _per_slice_trend(slice_ids: np.ndarray, dose: np.ndarray, values: np.ndarray) -> dict:
-  """Spearman(dose, values) within each slice: mean, fractions = 1 and > 0."""
-  rhos = np.array([stats.spearmanr(dose[slice_ids == i], values[slice_ids == i]).statistic
-                   for i in np.unique(slice_ids)])
-  rhos = np.nan_to_num(rhos, nan=0.0)  # Constant values over the doses: no trend.
+  """Within each slice: Spearman(dose, values) (mean, fractions = 1 and > 0)
+  and the fraction of one-level dose reductions that lower the value."""
+  rhos, steps_falling = [], []
+  for i in np.unique(slice_ids):
+    order = np.argsort(-dose[slice_ids == i])  # Full dose first.
+    by_falling_dose = values[slice_ids == i][order]
+    rhos.append(stats.spearmanr(dose[slice_ids == i], values[slice_ids == i]).statistic)
+    steps_falling.extend(np.diff(by_falling_dose) < 0)
+  rhos = np.nan_to_num(np.array(rhos), nan=0.0)  # Constant values over the doses: no trend.
   return {'mean_spearman': float(rhos.mean()),
           'fraction_monotone': float(np.mean(rhos >= 1.0 - 1e-9)),
-          'fraction_positive': float(np.mean(rhos > 0))}
+          'fraction_positive': float(np.mean(rhos > 0)),
+          'fraction_steps_falling': float(np.mean(steps_falling))}
 
 
 def _report(scans: dict[str, dict], rows: list[dict], doses: list[float]) -> dict:
@@ -135,6 +145,8 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, workdir)
   trained_s = time.time() - started
   config, params = predict.load_checkpoint(workdir)
+  if _CROPS.value is not None:
+    config.data.test_crops = _CROPS.value
   spec = _synthetic_spec(config.data.name)
   doses = [float(d) for d in _DOSES.value]
   with tempfile.TemporaryDirectory() as folder:
@@ -147,6 +159,7 @@ def main(argv):
       'workdir': os.path.abspath(workdir),
       'dataset': config.data.name,
       'split': _SPLIT.value,
+      'crops': int(config.data.test_crops),
       'views': spec.num_views_full,
       'trained_in_this_run': trained_here,
       'train_seconds': trained_s,
