@@ -22,6 +22,8 @@ import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging as absl_logging
+from etils import epath
+from flax import traverse_util
 import grain
 import jax
 import ml_collections
@@ -36,6 +38,9 @@ from mdiqa_jax import train_step
 CHECKPOINT_DIR = 'checkpoints'
 CONFIG_FILE = 'config.json'
 BEST_METRIC = 'srocc'
+STATE_ITEM = 'state'
+# Error messages list at most this many parameter names, then a count of the rest.
+_MAX_LISTED_NAMES = 20
 
 
 def _best_value(metrics: Dict[str, float]) -> float:
@@ -74,7 +79,7 @@ def create_manager(workdir: str, *, keep_last: int, keep_best: int,
       cleanup_tmp_directories=True, enable_async_checkpointing=async_save, create=True)
   return ocp.CheckpointManager(
       os.path.join(absolute_path(workdir), CHECKPOINT_DIR), options=options,
-      item_names=('state', 'data'))
+      item_names=(STATE_ITEM, 'data'))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
@@ -86,7 +91,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   """
   if step in manager.all_steps():
     return False
-  items = {'state': ocp.args.PyTreeSave(state)}
+  items = {STATE_ITEM: ocp.args.PyTreeSave(state)}
   if data_iterator is not None:
     items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
   # Steps without validation get empty metrics: they rank last among the best
@@ -100,13 +105,17 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   """Restores the state of `step` into the layout of `abstract_state`.
 
   With `data_iterator`, also moves it to the saved position (in place).
+  Raises ValueError, naming the step directory, when the saved parameters do
+  not fit `abstract_state.params` (the run's model config was changed).
   """
-  items = {'state': ocp.args.PyTreeRestore(
+  check_saved_params_fit(epath.Path(manager.directory) / str(step), 'params',
+                         abstract_state.params)
+  items = {STATE_ITEM: ocp.args.PyTreeRestore(
       abstract_state,
       restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
   if data_iterator is not None:
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
-  return manager.restore(step, args=ocp.args.Composite(**items))['state']
+  return manager.restore(step, args=ocp.args.Composite(**items))[STATE_ITEM]
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -146,7 +155,7 @@ def _open_for_reading(workdir: str) -> ocp.CheckpointManager:
       os.path.join(absolute_path(workdir), CHECKPOINT_DIR),
       options=ocp.CheckpointManagerOptions(best_fn=_best_value, best_mode='max',
                                            create=False, save_root_metadata=False),
-      item_names=('state', 'data'))
+      item_names=(STATE_ITEM, 'data'))
 
 
 def resolve_checkpoint(path: str) -> Tuple[str, int]:
@@ -194,12 +203,65 @@ def load_for_inference(path: str) -> Tuple[ml_collections.ConfigDict, Any]:
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = {key: jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)}
+  check_saved_params_fit(
+      epath.Path(absolute_path(workdir)) / CHECKPOINT_DIR / str(step), key, abstract[key])
   manager = _open_for_reading(workdir)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=True)))['state']
+      partial_restore=True)))[STATE_ITEM]
   manager.close()
   return config, jax.device_get(restored[key])
+
+
+def _shapes_by_name(tree: Any) -> Dict[str, Tuple[int, ...]]:
+  return {name: tuple(leaf.shape)
+          for name, leaf in traverse_util.flatten_dict(tree, sep='/').items()}
+
+
+def _listing(names) -> str:
+  names = sorted(names)
+  shown = ', '.join(names[:_MAX_LISTED_NAMES])
+  if len(names) > _MAX_LISTED_NAMES:
+    shown += f', ... and {len(names) - _MAX_LISTED_NAMES} more'
+  return shown
+
+
+def check_saved_params_fit(step_dir: epath.Path, key: str, expected: Any) -> None:
+  """Compares the arrays saved under state/<key> with the model's, before reading them.
+
+  Args:
+    step_dir: `<workdir>/checkpoints/<step>`.
+    key: 'params' or 'ema_params'.
+    expected: nested dict of arrays or jax.ShapeDtypeStruct (the model's).
+  Raises:
+    ValueError naming `step_dir` and listing the parameters missing from the
+    checkpoint, those it has but the model lacks, and shape mismatches.
+  """
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    saved = handler.metadata(step_dir / STATE_ITEM).tree
+  finally:
+    handler.close()
+  if not isinstance(saved.get(key), dict):
+    raise ValueError(f'{step_dir}: the saved state has no {key!r}.')
+  saved_shapes, model_shapes = _shapes_by_name(saved[key]), _shapes_by_name(expected)
+  problems = []
+  missing = model_shapes.keys() - saved_shapes.keys()
+  unexpected = saved_shapes.keys() - model_shapes.keys()
+  mismatched = [f'{name}: checkpoint {saved_shapes[name]} vs model {shape}'
+                for name, shape in model_shapes.items()
+                if name in saved_shapes and saved_shapes[name] != shape]
+  if missing:
+    problems.append(f'missing from the checkpoint ({len(missing)}): {_listing(missing)}')
+  if unexpected:
+    problems.append(f'in the checkpoint but not in the model ({len(unexpected)}): '
+                    f'{_listing(unexpected)}')
+  if mismatched:
+    problems.append(f'shape mismatches ({len(mismatched)}): {_listing(mismatched)}')
+  if problems:
+    raise ValueError(f'{step_dir}: the saved {key} do not fit the model of the run config: '
+                     + '; '.join(problems) + '. (Was config.model changed after training? '
+                     'Then train into a new --workdir.)')
 
 
 class _OwnInfoOnly(logging.Filter):

@@ -29,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mdiqa_jax import checkpointing
 from mdiqa_jax import load_exported as loader
 from mdiqa_jax import models
 from mdiqa_jax import predict
@@ -198,6 +199,7 @@ def run():
       raise app.UsageError('--checkpoint and --output are required.')
     if batch_size < 0:
       raise app.UsageError(f'--batch_size must be >= 0, got {batch_size}.')
+    checkpointing.quiet_library_logging()
     try:
       export_checkpoint(checkpoint, output, batch_size=batch_size or None,
                         platforms=holders['platforms'].value,

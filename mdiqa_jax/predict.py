@@ -495,6 +495,7 @@ def run():
       raise app.UsageError('--checkpoint is required.')
     if len(argv) < 2:
       raise app.UsageError('Give at least one INPUT file or folder.')
+    checkpointing.quiet_library_logging()
     return predict_command(Options(inputs=list(argv[1:]), **{
         name: holder.value for name, holder in holders.items()}))
 

@@ -64,6 +64,31 @@ def test_resolve_checkpoint_names_what_is_wrong(tmp_path):
   with pytest.raises(FileNotFoundError, match='neither a training workdir'):
     checkpointing.resolve_checkpoint(str(tmp_path))
 
+def test_saved_params_that_do_not_fit_the_model_are_listed_before_reading(tmp_path):
+  params = {'head': {'kernel': np.ones((4, 3), np.float32), 'bias': np.zeros(3, np.float32)},
+            'stem': {'kernel': np.ones((2, 2), np.float32)}}
+  manager = checkpointing.create_manager(str(tmp_path), keep_last=1, keep_best=0,
+                                         async_save=False)
+  checkpointing.save(manager, 7, train_step.TrainState(
+      step=jnp.int32(7), params=params, opt_state={}, ema_params=None,
+      rng=jax.random.PRNGKey(0)))
+  manager.close()
+  step_dir = tmp_path / 'checkpoints' / '7'
+  checkpointing.check_saved_params_fit(step_dir, 'params', params)  # Fits: no error.
+  changed = {'head': {'kernel': np.ones((4, 5), np.float32), 'bias': np.zeros(5, np.float32)},
+             'neck': {'kernel': np.ones((2, 2), np.float32)}}
+  with pytest.raises(ValueError) as error:
+    checkpointing.check_saved_params_fit(step_dir, 'params', changed)
+  message = str(error.value)
+  assert message.startswith(f'{step_dir}: the saved params do not fit')
+  assert 'missing from the checkpoint (1): neck/kernel' in message
+  assert 'in the checkpoint but not in the model (1): stem/kernel' in message
+  assert ('shape mismatches (2): head/bias: checkpoint (3,) vs model (5,), '
+          'head/kernel: checkpoint (4, 3) vs model (4, 5)') in message
+  with pytest.raises(ValueError, match="the saved state has no 'ema_params'"):
+    checkpointing.check_saved_params_fit(step_dir, 'ema_params', params)
+
+
 
 @pytest.mark.parametrize('ema_decay', [0.0, 0.9])
 def test_load_for_inference_returns_ema_params_when_the_run_kept_them(tmp_path, ema_decay):

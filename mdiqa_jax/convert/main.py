@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from mdiqa_jax import checkpointing
 from mdiqa_jax.convert import files
 from mdiqa_jax.convert import load_pretrained
 from mdiqa_jax.models import convnext as convnext_model
@@ -95,6 +96,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not (_FAMILY.value and _INPUT.value and _OUTPUT.value):
     raise app.UsageError('Give --family, --input and --output.')
+  checkpointing.quiet_library_logging()
   config = _CONFIG.value
   try:
     model_kwargs = architecture(_FAMILY.value, _PRESET.value, config)
