@@ -108,7 +108,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   Raises ValueError, naming the step directory, when the saved parameters do
   not fit `abstract_state.params` (the run's model config was changed).
   """
-  check_saved_params_fit(epath.Path(manager.directory) / str(step), 'params',
+  check_saved_params_fit(os.path.join(manager.directory, str(step)), 'params',
                          abstract_state.params)
   items = {STATE_ITEM: ocp.args.PyTreeRestore(
       abstract_state,
@@ -203,8 +203,8 @@ def load_for_inference(path: str) -> Tuple[ml_collections.ConfigDict, Any]:
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = {key: jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)}
-  check_saved_params_fit(
-      epath.Path(absolute_path(workdir)) / CHECKPOINT_DIR / str(step), key, abstract[key])
+  check_saved_params_fit(os.path.join(absolute_path(workdir), CHECKPOINT_DIR, str(step)),
+                         key, abstract[key])
   manager = _open_for_reading(workdir)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
@@ -226,7 +226,7 @@ def _listing(names) -> str:
   return shown
 
 
-def check_saved_params_fit(step_dir: epath.Path, key: str, expected: Any) -> None:
+def check_saved_params_fit(step_dir: epath.PathLike, key: str, expected: Any) -> None:
   """Compares the arrays saved under state/<key> with the model's, before reading them.
 
   Args:
@@ -237,6 +237,7 @@ def check_saved_params_fit(step_dir: epath.Path, key: str, expected: Any) -> Non
     ValueError naming `step_dir` and listing the parameters missing from the
     checkpoint, those it has but the model lacks, and shape mismatches.
   """
+  step_dir = epath.Path(step_dir)
   handler = ocp.PyTreeCheckpointHandler()
   try:
     saved = handler.metadata(step_dir / STATE_ITEM).tree

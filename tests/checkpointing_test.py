@@ -64,6 +64,7 @@ def test_resolve_checkpoint_names_what_is_wrong(tmp_path):
   with pytest.raises(FileNotFoundError, match='neither a training workdir'):
     checkpointing.resolve_checkpoint(str(tmp_path))
 
+
 def test_saved_params_that_do_not_fit_the_model_are_listed_before_reading(tmp_path):
   params = {'head': {'kernel': np.ones((4, 3), np.float32), 'bias': np.zeros(3, np.float32)},
             'stem': {'kernel': np.ones((2, 2), np.float32)}}
