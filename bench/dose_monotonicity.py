@@ -104,9 +104,9 @@ def _per_slice_trend(slice_ids: np.ndarray, dose: np.ndarray, values: np.ndarray
   and the fraction of one-level dose reductions that lower the value."""
   rhos, steps_falling = [], []
   for i in np.unique(slice_ids):
-    order = np.argsort(-dose[slice_ids == i])  # Full dose first.
-    by_falling_dose = values[slice_ids == i][order]
-    rhos.append(stats.spearmanr(dose[slice_ids == i], values[slice_ids == i]).statistic)
+    slice_dose, slice_values = dose[slice_ids == i], values[slice_ids == i]
+    rhos.append(stats.spearmanr(slice_dose, slice_values).statistic)
+    by_falling_dose = slice_values[np.argsort(-slice_dose)]  # Full dose first.
     steps_falling.extend(np.diff(by_falling_dose) < 0)
   rhos = np.nan_to_num(np.array(rhos), nan=0.0)  # Constant values over the doses: no trend.
   return {'mean_spearman': float(rhos.mean()),

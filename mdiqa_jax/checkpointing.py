@@ -206,9 +206,9 @@ def load_for_inference(path: str) -> Tuple[ml_collections.ConfigDict, Any]:
   check_saved_params_fit(os.path.join(absolute_path(workdir), CHECKPOINT_DIR, str(step)),
                          key, abstract[key])
   manager = _open_for_reading(workdir)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+  restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore(
       abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=True)))[STATE_ITEM]
+      partial_restore=True)}))[STATE_ITEM]
   manager.close()
   return config, jax.device_get(restored[key])
 

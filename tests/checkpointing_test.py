@@ -90,7 +90,6 @@ def test_saved_params_that_do_not_fit_the_model_are_listed_before_reading(tmp_pa
     checkpointing.check_saved_params_fit(step_dir, 'ema_params', params)
 
 
-
 @pytest.mark.parametrize('ema_decay', [0.0, 0.9])
 def test_load_for_inference_returns_ema_params_when_the_run_kept_them(tmp_path, ema_decay):
   config = tiny_train_config.get_config()
