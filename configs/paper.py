@@ -13,14 +13,19 @@ made here, each a config field:
   downloaded: convert them once with `mdiqa-convert` (or point `init_from` at
   the timm .safetensors / big_vision .npz file) and pass the paths as above;
   without them both branches start from random weights.
-- Input: 448 x 448 windows of the 512 x 512 slices (crop_fraction 0.875), so
-  the model sees native pixels (no resampling) and most of the slice; both
-  backbones take any multiple of 32. ViT features: blocks 4, 8, 12; the
-  first three ConvNeXt stages are aligned to them.
+- Input: 448 x 448 tiles of native pixels (training: one random tile of a
+  512 x 512 slice; scoring: the 2 x 2 overlapping tiles that cover it,
+  pooled by patch weight; slice_scoring.py); both backbones take any
+  multiple of 32. ViT features: blocks 4, 8, 12; the first three ConvNeXt
+  stages are aligned to them.
+- Pixel spacing: the challenge's TIFFs carry none. They come from the Mayo
+  abdominal scans (512 x 512 over a field of view of about 340-380 mm), so
+  0.7 mm is assumed (config.data.pixel_mm) and the model's trained range is
+  that one value: a scan at another spacing is resampled to 0.7 mm when
+  scored. The synthetic variant trains on 0.6-0.95 mm like the default.
 - Optimiser: Adam, learning rate 1e-4 for the new layers and 1e-5 for the
   pretrained backbones (multiplier 0.1), 100 warm-up steps then cosine decay,
   gradients clipped to norm 1, global batch 16, 30 epochs.
-- Test-time: 5 crops (four corners and centre) averaged.
 - Grey inputs are standardised with ImageNet's grey statistics, which is what
   the summed-RGB patch/stem kernels of the converted backbones expect.
 
@@ -46,11 +51,11 @@ def get_config(arg=None):
     config.data.name = 'ldctiqac2023'
     config.data.train_split = 'train[:900]'
     config.data.eval_split = 'train[900:]'
+    config.data.pixel_mm = 0.7
+    config.data.pixel_mm_range = (0.7, 0.7)
   else:
     config.data.name = 'ldct_iqa_synthetic/challenge'
   config.data.image_size = 448
-  config.data.crop_fraction = 0.875
-  config.data.test_crops = 5
 
   config.model.input_mean = 0.449
   config.model.input_std = 0.226

@@ -19,22 +19,28 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Data -------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'ldct_iqa_synthetic/small'  # TFDS name[/builder config].
+  config.data.name = 'ldct_iqa_synthetic/clinical'  # TFDS name[/builder config].
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
   config.data.test_split = 'test'
   config.data.unlabeled_split = 'unlabeled'
-  config.data.image_size = 96       # Model input side, pixels (crop / resize target).
-  # Each slice is cut to a square window of side crop_fraction * min(H, W) (random
-  # position in training, centred in evaluation / predict), then resized to
-  # image_size; every slice is resampled by the same factor at train and test time.
-  config.data.crop_fraction = 0.75  # 0.75 * 128 px small slices = 96: native pixels.
-  config.data.random_crop = True    # Train-time random window position (quality preserving).
+  # The model sees square tiles of image_size NATIVE pixels, never a resized
+  # slice (data/preprocess.py): one random tile per example in training, every
+  # tile of the slice when scoring (slice_scoring.py).
+  config.data.image_size = 96       # Tile side, pixels (a multiple of 32).
+  # Pixel spacing (mm) the model is trained on: the synthetic default's
+  # clinical range. Slices outside it are resampled to its nearest end when
+  # scored; recorded in every checkpoint's config.json and in exports.
+  config.data.pixel_mm_range = (0.6, 0.95)
+  # Spacing assumed for images that carry none (TIFF, PNG, .npy, and the
+  # challenge's TIFFs), mm; mdiqa-predict --pixel_mm overrides it.
+  config.data.pixel_mm = 0.75
+  config.data.train_min_body_fraction = 0.5  # Training tiles: at least this much body.
+  config.data.min_body_fraction = 0.05  # Scoring: tiles with less body are skipped.
   config.data.random_flip = True    # Train-time horizontal + vertical flips.
   config.data.num_workers = 0       # grain worker processes (0 = in-process).
-  config.data.test_crops = 1        # Test-time multi-crop averaging (1 = centre only).
 
   # --- Model ------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
@@ -97,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Training loop ----------------------------------------------------
   config.batch_size = 16               # Global batch size (all hosts, all devices).
-  config.eval_batch_size = 32
+  config.eval_batch_size = 32          # Tiles per jitted scoring call (per host).
   config.num_epochs = 16               # configs/paper.py: the paper's 30.
   config.num_train_steps = -1          # > 0 overrides num_epochs (optimiser steps).
   config.log_every_steps = 20

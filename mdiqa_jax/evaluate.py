@@ -1,10 +1,12 @@
 r"""Evaluation: predictions over a split, challenge metrics, report files.
 
-  python -m mdiqa_jax.evaluate --workdir=DIR [--split=test] [--crops=5]
+  python -m mdiqa_jax.evaluate --workdir=DIR [--split=test]
 
 loads the best checkpoint of a training workdir (or a step directory given as
---checkpoint), predicts every slice of the split (averaging `crops` test-time
-views per slice), and writes to <workdir>/eval_<split>/ (or --output_dir):
+--checkpoint), scores every slice of the split whole, at native resolution,
+exactly as `mdiqa-predict` scores a file (`slice_scoring`: every tile of the
+slice, patches pooled by their weights and body fraction), and writes to
+<workdir>/eval_<split>/ (or --output_dir):
   metrics.json      PLCC, SROCC, KROCC, overall, number of slices, checkpoint
   predictions.csv   index, label, score, uncertainty, per-scale scores
   scatter.png       prediction vs label, uncertainty as error bars, metrics in
@@ -16,7 +18,7 @@ import functools
 import io
 import math
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from absl import app
 from absl import flags
@@ -32,95 +34,67 @@ from mdiqa_jax import checkpointing
 from mdiqa_jax import files
 from mdiqa_jax import metrics as metrics_lib
 from mdiqa_jax import models
+from mdiqa_jax import slice_scoring
 from mdiqa_jax.data import pipeline
 
 Predictions = Dict[str, np.ndarray]
-PredictFn = Callable[[Any, jax.Array], Dict[str, jax.Array]]
 
 
-def make_predict_fn(model) -> PredictFn:
-  """jit(params, images (n, S, S, 1)) -> {'score', 'uncertainty' (n,), 'scale_scores' (n, K)}."""
-  def predict(params, images):
-    outputs = model.apply({'params': params}, images, train=False)
-    return {key: outputs[key] for key in ('score', 'uncertainty', 'scale_scores')}
-  return jax.jit(predict)
-
-
-def combine_crops(score: np.ndarray, uncertainty: np.ndarray,
-                  scale_scores: np.ndarray) -> Dict[str, np.ndarray]:
-  """Averages test-time views: (n, crops) scores -> (n,).
-
-  The uncertainty is the standard deviation of the equal mixture of the views'
-  predicted distributions: sqrt(mean(u_c^2) + var_c(score_c)) (law of total
-  variance), so disagreement between views raises it.
-  Args:
-    score, uncertainty: (n, crops) float.
-    scale_scores: (n, crops, K) float.
-  Returns:
-    {'score', 'uncertainty': (n,), 'scale_scores': (n, K)}.
-  """
-  return {
-      'score': score.mean(axis=1),
-      'uncertainty': np.sqrt(np.mean(uncertainty ** 2, axis=1) + score.var(axis=1)),
-      'scale_scores': scale_scores.mean(axis=1),
-  }
+def make_predict_fn(model) -> slice_scoring.TilePredictFn:
+  """The jitted tile predictor every scoring path shares (`slice_scoring`)."""
+  return slice_scoring.make_tile_predict_fn(model)
 
 
 def predict_split(config: ml_collections.ConfigDict, params: Any, split: str, *,
-                  crops: int = 1, predict_fn: Optional[PredictFn] = None,
+                  predict_fn: Optional[slice_scoring.TilePredictFn] = None,
                   show_progress: bool = False) -> Predictions:
-  """Predicts every example of `split` once (all hosts take part).
+  """Scores every slice of `split` whole (all hosts take part).
 
-  Each host predicts its shard on its local devices (batch sharded over them);
-  the shards are then gathered, so every host returns the whole split.
+  Each host scores its shard on its local devices (tile batches sharded over
+  them); the shards are then gathered, so every host returns the whole split.
   Args:
-    config: the run config (data, model, eval_batch_size).
+    config: the run config (data, model, eval_batch_size = tiles per call).
     params: model parameters (host or device arrays).
     split: TFDS split name (slicing allowed).
-    crops: test-time views per example (1 = centre window).
     predict_fn: from make_predict_fn (built from config when None).
     show_progress: tqdm bar with ETA on process 0.
   Returns:
     numpy arrays ordered by 'index' (position in the split): 'index' (N,)
-    int32, 'label' (N,), 'score' (N,), 'uncertainty' (N,), 'scale_scores' (N, K).
+    int32, 'label' (N,), 'score' (N,), 'uncertainty' (N,), 'scale_scores'
+    (N, K) and, for distribution heads, 'log_probs' (N, K, bins).
   """
-  if crops < 1:
-    raise ValueError(f'crops must be >= 1, got {crops} (config.data.test_crops / --crops).')
   process_count = jax.process_count()
   local_devices = jax.local_devices()
-  batch_size = config.eval_batch_size // process_count
-  if config.eval_batch_size % process_count or batch_size % len(local_devices):
+  tile_batch = int(config.eval_batch_size)
+  if tile_batch % len(local_devices):
     raise ValueError(
-        f'config.eval_batch_size={config.eval_batch_size} must be a multiple of the '
-        f'number of devices ({jax.device_count()}).')
+        f'config.eval_batch_size={tile_batch} (tiles per call) must be a multiple of the '
+        f'number of local devices ({len(local_devices)}).')
   if predict_fn is None:
     predict_fn = make_predict_fn(models.create_model(config))
+  preprocessing = slice_scoring.Preprocessing.from_config(config)
   mesh = Mesh(np.asarray(local_devices), ('batch',))
   params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-  image_sharding = NamedSharding(mesh, PartitionSpec('batch'))
+  tile_sharding = NamedSharding(mesh, PartitionSpec('batch'))
 
   num_examples = pipeline.num_examples(config.data, split)
-  num_batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
-  batches = pipeline.create_eval_iterator(config.data, split, batch_size_per_host=batch_size,
-                                          crops=crops)
-  collected = {key: [] for key in ('index', 'label', 'valid', 'score', 'uncertainty',
-                                   'scale_scores')}
-  progress = tqdm.tqdm(batches, total=num_batches, desc=f'predict {split}', unit='batch',
-                       disable=not show_progress or jax.process_index() != 0)
-  for batch in progress:
-    images = np.asarray(batch['image'])
-    rows = images.shape[0]
-    outputs = jax.device_get(predict_fn(
-        params, jax.device_put(images.reshape((-1,) + images.shape[-3:]), image_sharding)))
-    views = combine_crops(outputs['score'].reshape(rows, crops),
-                          outputs['uncertainty'].reshape(rows, crops),
-                          outputs['scale_scores'].reshape(rows, crops, -1))
-    for key, value in views.items():
-      collected[key].append(value)
-    collected['index'].append(batch['index'])
-    collected['label'].append(batch['score'])
-    collected['valid'].append(batch['valid'])
-  gathered = {key: np.concatenate(values) for key, values in collected.items()}
+  per_host = math.ceil(num_examples / process_count)
+  labels: Dict[int, float] = {}
+
+  def slices():
+    for index, example in pipeline.host_examples(config.data, split):
+      labels[index] = float(example['score'])
+      yield index, example['image'], pipeline.example_pixel_mm(example, config.data)
+
+  scored = slice_scoring.score_slices(
+      predict_fn, params, slices(), preprocessing, tile_batch=tile_batch,
+      put=lambda tiles: jax.device_put(tiles, tile_sharding), multiple_of=len(local_devices))
+  rows = []
+  for index, prediction in tqdm.tqdm(scored, total=per_host, desc=f'score {split}',
+                                     unit='slice',
+                                     disable=not show_progress or jax.process_index() != 0):
+    rows.append(_prediction_row(index, labels.pop(index), prediction))
+  gathered = _stack_rows(rows, per_host)
   if process_count > 1:
     gathered = {key: np.concatenate(list(value)) for key, value in
                 multihost_utils.process_allgather(gathered).items()}
@@ -131,6 +105,27 @@ def predict_split(config: ml_collections.ConfigDict, params: Any, split: str, *,
     raise RuntimeError(f'Predicted {predictions["index"].size} examples of split {split!r}, '
                        f'expected {num_examples}.')
   return predictions
+
+
+def _prediction_row(index: int, label: float, prediction: Dict[str, Any]) -> Dict[str, Any]:
+  row = {'index': np.int32(index), 'label': np.float32(label), 'valid': np.bool_(True),
+         'score': np.float32(prediction['score']),
+         'uncertainty': np.float32(prediction['uncertainty']),
+         'scale_scores': prediction['scale_scores']}
+  if 'log_probs' in prediction:
+    row['log_probs'] = prediction['log_probs']
+  return row
+
+
+def _stack_rows(rows, size: int) -> Predictions:
+  """Rows -> arrays of `size` rows (padding rows have valid False), so that
+  every host contributes arrays of one shape to the gather."""
+  if not rows:
+    raise RuntimeError('This host has no examples to score; use fewer hosts than examples.')
+  stacked = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+  padding = size - len(rows)
+  return {key: np.concatenate([value, np.zeros((padding,) + value.shape[1:], value.dtype)])
+          for key, value in stacked.items()}
 
 
 def compute_metrics(predictions: Predictions) -> Dict[str, float]:
@@ -182,9 +177,9 @@ def format_metrics(metrics: Dict[str, float]) -> str:
                    for name in ('plcc', 'srocc', 'krocc', 'overall'))
 
 
-def evaluate_checkpoint(path: str, split: str, *, crops: Optional[int] = None,
+def evaluate_checkpoint(path: str, split: str, *,
                         output_dir: Optional[str] = None, show_progress: bool = True,
-                        predict_fn: Optional[PredictFn] = None) -> Dict[str, float]:
+                        predict_fn: Optional[slice_scoring.TilePredictFn] = None) -> Dict[str, float]:
   """Evaluates a workdir's best checkpoint (or a step directory) on `split`.
 
   Writes the report (process 0) into output_dir (default
@@ -193,8 +188,7 @@ def evaluate_checkpoint(path: str, split: str, *, crops: Optional[int] = None,
   """
   workdir, step = checkpointing.resolve_checkpoint(path)
   config, params = checkpointing.load_for_inference(path)
-  crops = config.data.test_crops if crops is None else crops
-  predictions = predict_split(config, params, split, crops=crops, predict_fn=predict_fn,
+  predictions = predict_split(config, params, split, predict_fn=predict_fn,
                               show_progress=show_progress)
   metrics = compute_metrics(predictions)
   if jax.process_index() == 0:
@@ -214,8 +208,6 @@ def _define_flags() -> Dict[str, Any]:
           'checkpoint', None, 'A step directory <workdir>/checkpoints/<step> to evaluate '
           "instead of the workdir's best checkpoint."),
       'split': flags.DEFINE_string('split', 'test', 'Split to evaluate (TFDS slicing allowed).'),
-      'crops': flags.DEFINE_integer(
-          'crops', None, 'Test-time views per slice (default: config.data.test_crops).'),
       'output_dir': flags.DEFINE_string(
           'output_dir', None, 'Report directory (default <workdir>/eval_<split>).'),
   }
@@ -229,7 +221,7 @@ def main(argv, command_flags: Dict[str, Any]):
   path = values['checkpoint'] or values['workdir']
   if not path:
     raise app.UsageError('Give --workdir=DIR (or --checkpoint=DIR/checkpoints/STEP).')
-  metrics = evaluate_checkpoint(path, values['split'], crops=values['crops'],
+  metrics = evaluate_checkpoint(path, values['split'],
                                 output_dir=values['output_dir'])
   print(f'{values["split"]}: {format_metrics(metrics)}')
 

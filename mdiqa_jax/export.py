@@ -5,8 +5,9 @@ r"""Exports a trained model as StableHLO (jax.export) with its preprocessing spe
   python -m mdiqa_jax.export ...          (the same)
 
 The output folder (`load_exported` documents the layout) holds the serialized
-function f(params, images) -> {score, uncertainty, scale_scores,
-patch_scores, patch_weights}, its parameters, a JSON spec of the
+function f(params, tiles) -> {score, uncertainty, scale_scores,
+patch_scores, patch_weights[, patch_log_probs]} over native-resolution tiles,
+its parameters, a JSON spec of the
 preprocessing the model expects, and a copy of `load_exported.py`, which
 reloads the model with jax and numpy only (no mdiqa_jax code). The batch
 dimension is symbolic by default (any batch size); --batch_size=N fixes it.
@@ -44,13 +45,18 @@ _OUTPUT_DOCS = {
     'patch_scores': ('(B, h, w)', 'expected score of each patch of the grid'),
     'patch_weights': ('(B, h, w)', 'positive weight of each patch; score = '
                       'sum(w * s) / sum(w) over the patches'),
+    'patch_log_probs': ('(B, h, w, K, bins)', 'log-probabilities of the score bins per '
+                        'patch and head (distribution heads): pool these over the tiles '
+                        'of a slice (preprocessing steps)'),
 }
+# Outputs of the exported function (patch_log_probs: distribution heads only).
+OUTPUT_KEYS = tuple(_OUTPUT_DOCS)
 
 
 def export_model(config: ml_collections.ConfigDict, params: Any, *,
                  batch_size: Optional[int] = None,
                  platforms: Sequence[str] = ('cpu',)) -> jax.export.Exported:
-  """Exports f(params, images) -> predict.OUTPUT_KEYS for the model of `config`.
+  """Exports f(params, tiles) -> OUTPUT_KEYS for the model of `config`.
 
   Args:
     config: the run config (model, loss.sigmas, data.image_size).
@@ -62,7 +68,7 @@ def export_model(config: ml_collections.ConfigDict, params: Any, *,
 
   def apply(params, images):
     outputs = model.apply({'params': params}, images, train=False)
-    return {key: outputs[key] for key in predict.OUTPUT_KEYS}
+    return {key: outputs[key] for key in OUTPUT_KEYS if key in outputs}
 
   size = int(config.data.image_size)
   batch = jax.export.symbolic_shape('batch')[0] if batch_size is None else int(batch_size)
@@ -80,9 +86,9 @@ def preprocessing_spec(preprocessing: predict.Preprocessing, *, batch_size: Opti
       'format': 'mdiqa_jax jax.export model',
       'input': {
           'name': 'images',
-          'shape': ['B' if batch_size is None else batch_size, preprocessing.image_size,
-                    preprocessing.image_size, 1],
-          'image_size': preprocessing.image_size,
+          'shape': ['B' if batch_size is None else batch_size, preprocessing.tile_size,
+                    preprocessing.tile_size, 1],
+          'image_size': preprocessing.tile_size,
           'batch_size': batch_size,
           'dtype': 'float32',
           'range': [0.0, 1.0],
@@ -92,13 +98,18 @@ def preprocessing_spec(preprocessing: predict.Preprocessing, *, batch_size: Opti
           steps=[
               'HU -> [0, 1]: clip((HU - (window_level - window_width / 2)) / window_width, '
               '0, 1) (float slices already in [0, 1] are used as they are)',
-              'square window of side round(crop_fraction * min(H, W)) pixels: the centre '
-              '(crops = 1), or the four corners then the centre (crops = 5)',
-              'resize each window to image_size x image_size, antialiased bilinear '
-              "(PIL Image.BILINEAR on float32; jax.image.resize(..., 'linear', "
-              'antialias=True) agrees to 1e-5)',
-              'score = mean over views; uncertainty = sqrt(mean(uncertainty^2) + '
-              'var(score)) over views',
+              'pixel spacing: the file\'s (DICOM PixelSpacing), else assumed_pixel_mm; a '
+              'slice whose spacing lies outside pixel_mm_range is resampled (antialiased '
+              'bilinear, PIL Image.BILINEAR on float32) to the nearest end of the range; '
+              'otherwise pixels are used as they are (never resized)',
+              'body mask: 7 x 7 mean of the [0, 1] slice > 0.007; tiles of tile_size x '
+              'tile_size native pixels on a grid of ceil(H / tile_size) x ceil(W / '
+              'tile_size) origins spread evenly from 0 to H - tile_size (W likewise); '
+              'tiles whose body fraction is below min_body_fraction are skipped',
+              'slice score: every patch i of every tile weighted by patch_weights_i x its '
+              'body fraction; p_k = sum_i w_i exp(patch_log_probs_ik) / sum_i w_i per head '
+              'k; score = expectation of mean_k p_k, uncertainty = its standard deviation '
+              '(point heads: score = sum_i w_i patch_scores_i / sum_i w_i)',
           ]),
       'outputs': {key: {'shape': shape, 'meaning': meaning}
                   for key, (shape, meaning) in _OUTPUT_DOCS.items()},

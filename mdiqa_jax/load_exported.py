@@ -9,7 +9,8 @@ every export folder, so that a user without this package can run:
   outputs['score']          # (B,) numpy, 0 (bad) .. 4 (excellent)
 
 model.spec holds preprocessing.json: how to turn a CT slice into `images`
-(window, crop and resize) and what each output means.
+(window, pixel spacing, native tiles, and how to pool the tiles of a slice)
+and what each output means.
 
 Folder layout:
   model.jaxexport      jax.export serialization (StableHLO) of

@@ -1,7 +1,7 @@
 r"""Scoring CT scans: a quality score and its uncertainty for every slice.
 
   mdiqa-predict --checkpoint DIR INPUT... [--output FILE.csv|FILE.json]
-      [--heatmap DIR] [--overwrite] [--batch_size N] [--crops 1|5]
+      [--heatmap DIR] [--overwrite] [--batch_size N] [--pixel_mm MM]
       [--intensity auto|hu|unit] [--window_width 350 --window_level 40]
   python -m mdiqa_jax.predict ...        (the same)
 
@@ -10,45 +10,48 @@ how each is read as HU or as windowed intensities, how folders and DICOM
 series are ordered). --checkpoint is a training workdir (its best checkpoint)
 or a step directory <workdir>/checkpoints/<step>.
 
-Each slice goes the way evaluation slices go: HU are windowed to [0, 1] with
-`intensity.window_to_unit` (soft-tissue window, width 350 / level 40 HU
-unless overridden), then `preprocess.eval_crops` cuts the centre square window
-of side crop_fraction x min(H, W) (or four corners + centre with --crops=5)
-and resizes it to the model's image_size with the training resampling filter;
-a slice of any size or aspect is therefore scored on the same field of view
-and at the same relative scale as the training slices. Views are averaged
-with `evaluate.combine_crops`. Inference runs under jax.jit in batches of
---batch_size slices (the last batch is padded to a power of two, so at most
-log2(batch_size) + 1 shapes are compiled).
+Each slice is scored the way evaluation scores a dataset slice, whole and at
+native resolution (`slice_scoring`): HU are windowed to [0, 1]
+(`intensity.window_to_unit`, width 350 / level 40 HU unless overridden); the
+slice's pixel spacing comes from the file (DICOM PixelSpacing, or the
+PixelMeasuresSequence of enhanced CT), else from --pixel_mm, else the
+training data's spacing (config.data.pixel_mm), and the row's note says which;
+a slice whose spacing lies outside the range the model was trained on
+(config.data.pixel_mm_range) is resampled to the nearest end of that range,
+and the note says so; then every tile of the training size that holds body
+is scored, and the patch predictions are pooled over the whole slice by their
+learned weights and body fraction. Tiles run under jax.jit in batches of
+--batch_size (default config.eval_batch_size; the last batch is padded to a
+power of two), and a slice's score does not depend on the batch size.
 
 Output, one row per slice (CSV, or JSON with the same fields per slice plus
 the settings used): file, slice (index within the file), score (0 = bad to
 4 = excellent), uncertainty (standard deviation of the predicted score
 distribution, score units), scale_score_<k> (the expected score of each of
-the K distribution heads), height, width, intensity ('hu' or 'unit': how the
-file's values were read), series_uid, instance_number, z_mm (DICOM), note
-(assumptions made while reading, e.g. a PNG without HU) and error. Without
---output the CSV goes to stdout. Files that cannot be read get a row with
-their error (and are listed on stderr); the others are still scored, and the
-exit status is 2. A missing or unloadable checkpoint, or an existing output
-without --overwrite, stops before scoring with status 1. Output files are
-written to a temporary file and renamed, so a failed run leaves no partial
-output.
+the K distribution heads), height, width, pixel_mm (the spacing scored at,
+mm; row x column when they differ), num_tiles, intensity ('hu' or 'unit': how
+the file's values were read), series_uid, instance_number, z_mm (DICOM), note
+(assumptions made: spacing assumed or resampled, a PNG without HU, ...) and
+error. Without --output the CSV goes to stdout. Files that cannot be read get
+a row with their error (and are listed on stderr); the others are still
+scored, and the exit status is 2. A missing or unloadable checkpoint, or an
+existing output without --overwrite, stops before scoring with status 1.
+Output files are written to a temporary file and renamed, so a failed run
+leaves no partial output.
 
---heatmap DIR writes one PNG per slice: the slice with the scored window
-outlined, the per-patch scores, and the per-patch weights of the centre view
-(the weights decide how much each patch counts in the slice's score).
+--heatmap DIR writes one PNG per slice: the slice as scored, the per-patch
+scores over the whole slice, and each region's share of the slice score's
+weight (patch weights times body fraction).
 """
 import csv
 import dataclasses
-import functools
 import io as text_io
 import json
 import math
 import os
 import sys
 import warnings
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -58,62 +61,23 @@ import numpy as np
 import tqdm
 
 from mdiqa_jax import checkpointing
-from mdiqa_jax import evaluate
 from mdiqa_jax import files
 from mdiqa_jax import io as ct_io
 from mdiqa_jax import models
+from mdiqa_jax import slice_scoring
 from mdiqa_jax.data import intensity as intensity_lib
-from mdiqa_jax.data import pipeline
-from mdiqa_jax.data import preprocess
 
 # Exit status when some inputs could not be scored (the others were).
 EXIT_SOME_FAILED = 2
 # Exit status when nothing was scored: bad checkpoint, output exists, no inputs.
 EXIT_FATAL = 1
-# Model outputs predict keeps (the per-bin log-probabilities are not reported).
-OUTPUT_KEYS = ('score', 'uncertainty', 'scale_scores', 'patch_scores', 'patch_weights')
 METADATA_COLUMNS = ('series_uid', 'instance_number', 'z_mm')
-
-PredictFn = Callable[[Any, jax.Array], Dict[str, jax.Array]]
+# The preprocessing spec lives with the one scoring path; predict re-exports it.
+Preprocessing = slice_scoring.Preprocessing
 
 
 class CheckpointError(RuntimeError):
   """The --checkpoint path holds no loadable model."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """How a slice becomes model input (recorded in outputs and exports).
-
-  Attributes:
-    image_size: model input side, pixels.
-    crop_fraction: side of the scored window as a fraction of min(H, W).
-    crops: test-time views per slice, 1 (centre) or 5 (corners + centre).
-    window_width, window_level: soft-tissue window applied to HU, HU.
-  """
-  image_size: int
-  crop_fraction: float
-  crops: int
-  window_width: float = intensity_lib.WINDOW_WIDTH_HU
-  window_level: float = intensity_lib.WINDOW_LEVEL_HU
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, *, crops: Optional[int] = None,
-                  window_width: Optional[float] = None,
-                  window_level: Optional[float] = None) -> 'Preprocessing':
-    """The run's preprocessing; None arguments keep the config / window defaults."""
-    preprocessing = cls(
-        image_size=int(config.data.image_size),
-        crop_fraction=float(config.data.get('crop_fraction', pipeline.DEFAULT_CROP_FRACTION)),
-        crops=int(config.data.test_crops if crops is None else crops),
-        window_width=float(intensity_lib.WINDOW_WIDTH_HU if window_width is None
-                           else window_width),
-        window_level=float(intensity_lib.WINDOW_LEVEL_HU if window_level is None
-                           else window_level))
-    preprocess.check_num_crops(preprocessing.crops)
-    if not preprocessing.window_width > 0:
-      raise ValueError(f'window width must be > 0 HU, got {preprocessing.window_width}.')
-    return preprocessing
 
 
 def load_checkpoint(path: str) -> Tuple[ml_collections.ConfigDict, Any]:
@@ -131,82 +95,6 @@ def load_checkpoint(path: str) -> Tuple[ml_collections.ConfigDict, Any]:
     raise CheckpointError(f'{path}: cannot load a model checkpoint: {e}') from e
 
 
-@functools.lru_cache(maxsize=4)
-def make_predict_fn(model) -> PredictFn:
-  """jit(params, images (n, S, S, 1) in [0, 1]) -> the OUTPUT_KEYS of the model.
-
-  Cached per model (flax modules are hashable), so that repeated calls of the
-  command in one process reuse the compiled function.
-  """
-  def predict(params, images):
-    outputs = model.apply({'params': params}, images, train=False)
-    return {key: outputs[key] for key in OUTPUT_KEYS}
-  return jax.jit(predict)
-
-
-def _padded_size(rows: int, batch_size: int) -> int:
-  return min(batch_size, 1 << max(0, math.ceil(math.log2(rows))))
-
-
-def score_images(predict_fn: PredictFn, params: Any,
-                 items: Iterable[Tuple[Any, np.ndarray]], preprocessing: Preprocessing,
-                 batch_size: int) -> Iterator[Tuple[Any, Dict[str, Any]]]:
-  """Scores slices in batches, lazily, in order.
-
-  Args:
-    predict_fn: from `make_predict_fn`.
-    params: model parameters (on device or host).
-    items: (key, image) pairs; image (H, W) float32 in [0, 1] (`io.to_unit`);
-      key is passed through untouched.
-    preprocessing: crop and resize settings.
-    batch_size: slices per jitted call (>= 1).
-
-  Yields:
-    (key, prediction) per item: 'score', 'uncertainty' (floats),
-    'scale_scores' (K,) float32, and for the centre view 'patch_scores',
-    'patch_weights' (h, w) float32 and 'window' (top, left, side) in pixels
-    of the slice.
-  """
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
-  crops = preprocessing.crops
-  pending: List[Tuple[Any, np.ndarray, Tuple[int, int, int]]] = []
-
-  def flush():
-    views = np.stack([v for _, v, _ in pending])           # (n, crops, S, S, 1)
-    rows = views.shape[0]
-    padded = np.zeros((_padded_size(rows, batch_size),) + views.shape[1:], np.float32)
-    padded[:rows] = views
-    outputs = jax.device_get(predict_fn(params, padded.reshape((-1,) + views.shape[2:])))
-    outputs = {key: value[:rows * crops].reshape((rows, crops) + value.shape[1:])
-               for key, value in outputs.items()}
-    combined = evaluate.combine_crops(outputs['score'], outputs['uncertainty'],
-                                      outputs['scale_scores'])
-    for row, (key, _, window) in enumerate(pending):
-      yield key, {
-          'score': float(combined['score'][row]),
-          'uncertainty': float(combined['uncertainty'][row]),
-          'scale_scores': np.asarray(combined['scale_scores'][row], np.float32),
-          # eval_windows lists the centre window last.
-          'patch_scores': outputs['patch_scores'][row, -1],
-          'patch_weights': outputs['patch_weights'][row, -1],
-          'window': window,
-      }
-    pending.clear()
-
-  for key, image in items:
-    height, width = np.shape(image)[:2]
-    side = preprocess.crop_side(height, width, preprocessing.crop_fraction)
-    top, left = preprocess.eval_windows(height, width, side, crops)[-1]
-    views = preprocess.eval_crops(image, image_size=preprocessing.image_size,
-                                  crop_fraction=preprocessing.crop_fraction, num_crops=crops)
-    pending.append((key, views, (top, left, side)))
-    if len(pending) == batch_size:
-      yield from flush()
-  if pending:
-    yield from flush()
-
-
 @dataclasses.dataclass(frozen=True)
 class SliceKey:
   """Which slice a prediction belongs to, and what its reading assumed."""
@@ -214,9 +102,20 @@ class SliceKey:
   note: str
 
 
+def _spacing_of(ct_slice: ct_io.Slice, preprocessing: Preprocessing,
+                pixel_mm_flag: Optional[float]) -> Tuple[Tuple[float, float], str]:
+  """(row, column) spacing to score a slice at, and a note when it was assumed."""
+  if ct_slice.pixel_mm is not None:
+    return ct_slice.pixel_mm, ''
+  spacing = preprocessing.assumed_pixel_mm
+  source = '--pixel_mm' if pixel_mm_flag is not None else 'the training data\'s spacing'
+  return (spacing, spacing), f'no pixel spacing in the file; assumed {spacing:.3g} mm ({source})'
+
+
 def _read_slices(files: Sequence[Tuple[str, str]], intensity: str,
-                 preprocessing: Preprocessing, failures: List[ct_io.InputFileError],
-                 show_progress: bool) -> Iterator[Tuple[SliceKey, np.ndarray]]:
+                 preprocessing: Preprocessing, pixel_mm_flag: Optional[float],
+                 failures: List[ct_io.InputFileError], show_progress: bool
+                 ) -> Iterator[Tuple[SliceKey, np.ndarray, Tuple[float, float]]]:
   """Reads files one by one; bad files go to `failures` and are skipped."""
   for path, kind in tqdm.tqdm(files, desc='scoring', unit='file', disable=not show_progress,
                               file=sys.stderr):
@@ -227,53 +126,66 @@ def _read_slices(files: Sequence[Tuple[str, str]], intensity: str,
       except ct_io.InputFileError as e:
         failures.append(e)
         continue
-    note = ' '.join(str(w.message).removeprefix(f'{path}: ') for w in caught
-                    if issubclass(w.category, ct_io.AssumedIntensityWarning))
+    notes = [str(w.message).removeprefix(f'{path}: ') for w in caught
+             if issubclass(w.category, ct_io.AssumedIntensityWarning)]
     for ct_slice in slices:
+      spacing, spacing_note = _spacing_of(ct_slice, preprocessing, pixel_mm_flag)
+      note = ' '.join(notes + ([spacing_note] if spacing_note else []))
       yield SliceKey(ct_slice, note), ct_io.to_unit(
-          ct_slice, preprocessing.window_width, preprocessing.window_level)
+          ct_slice, preprocessing.window_width, preprocessing.window_level), spacing
 
 
 def predict_paths(config: ml_collections.ConfigDict, params: Any, paths: Sequence[str], *,
                   preprocessing: Optional[Preprocessing] = None, intensity: str = 'auto',
-                  batch_size: Optional[int] = None, predict_fn: Optional[PredictFn] = None,
-                  on_prediction: Optional[Callable[[SliceKey, np.ndarray, Dict[str, Any]],
-                                                   None]] = None,
+                  batch_size: Optional[int] = None, pixel_mm: Optional[float] = None,
+                  predict_fn: Optional[slice_scoring.TilePredictFn] = None,
+                  on_prediction: Optional[Callable[[SliceKey, Dict[str, Any]], None]] = None,
                   show_progress: bool = False) -> Tuple[List[Dict[str, Any]],
                                                         List[ct_io.InputFileError]]:
   """Scores every slice of the files and folders in `paths`.
 
   Args:
-    config: the run config (data.image_size, data.test_crops, eval_batch_size).
+    config: the run config (data, model.vit.patch_size, eval_batch_size).
     params: model parameters.
     paths: files or folders (`io.find_inputs`).
-    preprocessing: default `Preprocessing.from_config(config)`.
+    preprocessing: default `Preprocessing.from_config(config,
+      assumed_pixel_mm=pixel_mm)`.
     intensity: 'auto', 'hu' or 'unit' (`io.slices`).
-    batch_size: slices per jitted call (default config.eval_batch_size).
-    predict_fn: from `make_predict_fn` (built from config when None).
-    on_prediction: called as (key, unit image (H, W), prediction) for every
-      slice, e.g. to draw heatmaps.
+    batch_size: tiles per jitted call (default config.eval_batch_size).
+    pixel_mm: spacing of files that carry none (default: the training data's).
+    predict_fn: from `slice_scoring.make_tile_predict_fn` (built from config
+      when None).
+    on_prediction: called as (key, prediction) for every slice; the
+      prediction then carries the whole-slice maps and the image as scored
+      (`slice_scoring.score_slices(with_maps=True)`), e.g. to draw heatmaps.
     show_progress: tqdm bar over files on stderr.
 
   Returns:
     (rows, failures): one row per scored slice (`result_row`), in input
     order; one `InputFileError` per file that could not be scored.
   """
-  preprocessing = preprocessing or Preprocessing.from_config(config)
-  predict_fn = predict_fn or make_predict_fn(models.create_model(config))
+  preprocessing = preprocessing or Preprocessing.from_config(config, assumed_pixel_mm=pixel_mm)
+  predict_fn = predict_fn or slice_scoring.make_tile_predict_fn(models.create_model(config))
   found = ct_io.find_inputs(paths)
   failures = list(found.failures)
   params = jax.device_put(params)
-  # Each key carries its unit image along, for on_prediction.
-  items = (((key, image), image) for key, image in _read_slices(
-      found.files, intensity, preprocessing, failures, show_progress))
+  items = _read_slices(found.files, intensity, preprocessing, pixel_mm, failures,
+                       show_progress)
   rows = []
-  for (key, image), prediction in score_images(
-      predict_fn, params, items, preprocessing, batch_size or int(config.eval_batch_size)):
+  for key, prediction in slice_scoring.score_slices(
+      predict_fn, params, items, preprocessing,
+      tile_batch=batch_size or int(config.eval_batch_size),
+      with_maps=on_prediction is not None):
     rows.append(result_row(key, prediction))
     if on_prediction is not None:
-      on_prediction(key, image, prediction)
+      on_prediction(key, prediction)
   return rows, failures
+
+
+def _spacing_text(spacing: Tuple[float, float]) -> str:
+  rows_mm, cols_mm = spacing
+  return f'{rows_mm:.6g}' if math.isclose(rows_mm, cols_mm, rel_tol=1e-3) else (
+      f'{rows_mm:.6g}x{cols_mm:.6g}')
 
 
 def result_row(key: SliceKey, prediction: Dict[str, Any]) -> Dict[str, Any]:
@@ -284,9 +196,11 @@ def result_row(key: SliceKey, prediction: Dict[str, Any]) -> Dict[str, Any]:
   row.update({f'scale_score_{k}': float(value)
               for k, value in enumerate(prediction['scale_scores'])})
   row.update({'height': int(ct_slice.pixels.shape[0]), 'width': int(ct_slice.pixels.shape[1]),
-              'intensity': ct_slice.intensity})
+              'pixel_mm': _spacing_text(prediction['pixel_mm']),
+              'num_tiles': int(prediction['num_tiles']), 'intensity': ct_slice.intensity})
   row.update({name: ct_slice.metadata.get(name) for name in METADATA_COLUMNS})
-  row.update({'note': key.note, 'error': ''})
+  row.update({'note': '; '.join(([key.note] if key.note else []) + prediction['notes']),
+              'error': ''})
   return row
 
 
@@ -329,41 +243,35 @@ def heatmap_name(file: str, index: int, root: str) -> str:
   return f'{stem}_slice{index:04d}.png'
 
 
-def write_heatmap(path: str, image: np.ndarray, prediction: Dict[str, Any], title: str) -> None:
-  """Slice, per-patch scores and per-patch weights of the scored window, as a PNG.
+def write_heatmap(path: str, prediction: Dict[str, Any], title: str) -> None:
+  """The slice as scored, its patch scores and weight shares, as a PNG.
 
   Args:
     path: PNG to write.
-    image: (H, W) float32 in [0, 1], the windowed slice.
-    prediction: from `score_images` (window, patch_scores, patch_weights,
-      score, uncertainty).
+    prediction: from `slice_scoring.score_slices(with_maps=True)` (image,
+      score_map, weight_map, score, uncertainty, pixel_mm).
     title: first line of the figure title (file and slice).
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.patches  # pylint: disable=g-import-not-at-top
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  top, left, side = prediction['window']
-  extent = (left - 0.5, left + side - 0.5, top + side - 0.5, top - 0.5)
-  weights = prediction['patch_weights'] / prediction['patch_weights'].sum()
   figure, axes = plt.subplots(1, 3, figsize=(13, 4.6))
   panels = [
-      (None, None, 'slice (scored window outlined)'),
-      (prediction['patch_scores'], dict(cmap='RdYlGn', vmin=0.0, vmax=4.0), 'patch scores'),
-      (weights, dict(cmap='magma', vmin=0.0), 'patch weights (sum 1)'),
+      (None, None, f'slice as scored ({_spacing_text(prediction["pixel_mm"])} mm pixels)'),
+      (prediction['score_map'], dict(cmap='RdYlGn', vmin=0.0, vmax=4.0), 'patch scores'),
+      (prediction['weight_map'] / max(float(prediction['weight_map'].max()), 1e-30),
+       dict(cmap='magma', vmin=0.0, vmax=1.0), 'share of the score (relative)'),
   ]
   for axis, (overlay, style, name) in zip(axes, panels):
-    axis.imshow(image, cmap='gray', vmin=0.0, vmax=1.0)
-    if overlay is None:
-      axis.add_patch(matplotlib.patches.Rectangle(
-          (left - 0.5, top - 0.5), side, side, fill=False, edgecolor='yellow', linewidth=1.2))
-    else:
-      shown = axis.imshow(overlay, extent=extent, alpha=0.55, interpolation='nearest', **style)
+    axis.imshow(prediction['image'], cmap='gray', vmin=0.0, vmax=1.0)
+    if overlay is not None:
+      shown = axis.imshow(overlay, alpha=0.55, interpolation='nearest', **style)
       figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.02)
     axis.set_title(name, fontsize=9)
     axis.axis('off')
   figure.suptitle(f'{title}\nscore {prediction["score"]:.3f} ± '
-                  f'{prediction["uncertainty"]:.3f}', fontsize=10)
+                  f'{prediction["uncertainty"]:.3f} ({prediction["num_tiles"]} tiles)',
+                  fontsize=10)
   figure.tight_layout()
   files.save_figure_atomically(figure, path, dpi=90)
   plt.close(figure)
@@ -378,7 +286,7 @@ class Options:
   heatmap: Optional[str] = None
   overwrite: bool = False
   batch_size: Optional[int] = None
-  crops: Optional[int] = None
+  pixel_mm: Optional[float] = None
   intensity: str = 'auto'
   window_width: float = intensity_lib.WINDOW_WIDTH_HU
   window_level: float = intensity_lib.WINDOW_LEVEL_HU
@@ -411,9 +319,9 @@ def _heatmap_writer(heatmap_dir: str, inputs: Sequence[str]):
   root = os.path.commonpath(existing) if existing else os.getcwd()
   root = root if os.path.isdir(root) else os.path.dirname(root)
 
-  def write(key: SliceKey, image: np.ndarray, prediction: Dict[str, Any]) -> None:
+  def write(key: SliceKey, prediction: Dict[str, Any]) -> None:
     name = heatmap_name(key.slice.file, key.slice.index, root)
-    write_heatmap(os.path.join(heatmap_dir, name), image, prediction,
+    write_heatmap(os.path.join(heatmap_dir, name), prediction,
                   f'{key.slice.file} [slice {key.slice.index}]')
   return write
 
@@ -426,13 +334,13 @@ def predict_command(options: Options) -> int:
   try:
     config, params = load_checkpoint(options.checkpoint)
     preprocessing = Preprocessing.from_config(
-        config, crops=options.crops, window_width=options.window_width,
-        window_level=options.window_level)
+        config, window_width=options.window_width, window_level=options.window_level,
+        assumed_pixel_mm=options.pixel_mm)
   except (CheckpointError, ValueError) as e:
     return _fatal(str(e))
   rows, failures = predict_paths(
       config, params, options.inputs, preprocessing=preprocessing,
-      intensity=options.intensity, batch_size=options.batch_size,
+      intensity=options.intensity, batch_size=options.batch_size, pixel_mm=options.pixel_mm,
       on_prediction=_heatmap_writer(options.heatmap, options.inputs) if options.heatmap
       else None, show_progress=options.progress)
   failed = [failure_row(e) for e in failures]
@@ -469,10 +377,12 @@ def _define_flags() -> Dict[str, Any]:
           'overwrite', False, 'Replace an existing --output file and write into a non-empty '
           '--heatmap folder.'),
       'batch_size': flags.DEFINE_integer(
-          'batch_size', None, 'Slices per jitted call (default: config.eval_batch_size).'),
-      'crops': flags.DEFINE_integer(
-          'crops', None, 'Test-time views per slice, 1 (centre) or 5 (corners + centre); '
-          'default config.data.test_crops.'),
+          'batch_size', None, 'Tiles per jitted call (default: config.eval_batch_size); '
+          'scores do not depend on it.'),
+      'pixel_mm': flags.DEFINE_float(
+          'pixel_mm', None, 'Pixel spacing (mm) of TIFF / PNG / .npy inputs, which carry '
+          "none (default: the training data's, config.data.pixel_mm). DICOM spacing is "
+          'read from the file.'),
       'intensity': flags.DEFINE_enum(
           'intensity', 'auto', ct_io.INTENSITY_MODES,
           'How TIFF / PNG / .npy values are read: auto (floats in [0, 1] are windowed, other '

@@ -10,8 +10,8 @@ crash, a kill or preemption continues where it stopped):
      config.semi.teacher_folds = F >= 2, on all but fold (i mod F). A
      teacher's run resumes from its own checkpoints; it counts as done once
      its done.json exists.
-  2. pseudo_labels: every teacher predicts the unlabeled split (centre
-     window); the ensemble's mean score, spread, total std and mean
+  2. pseudo_labels: every teacher scores the unlabeled split (whole
+     slices, as evaluation does); the ensemble's mean score, spread, total std and mean
      distributions, with every teacher's predictions, are written as
      pseudo_labels.npz + provenance.json (teacher checkpoints, configs,
      pseudo-label quality against the split's hidden labels). The directory
@@ -62,7 +62,6 @@ from mdiqa_jax import evaluate
 from mdiqa_jax import files
 from mdiqa_jax import losses
 from mdiqa_jax import metrics as metrics_lib
-from mdiqa_jax import models
 from mdiqa_jax import pseudo_labels
 from mdiqa_jax import train
 from mdiqa_jax.data import mixture
@@ -249,33 +248,16 @@ def _check_teacher_spec(shared_dir: str, configs: Sequence[ml_collections.Config
 
 def predict_with_distributions(config: ml_collections.ConfigDict, params: Any,
                                split: str) -> Dict[str, np.ndarray]:
-  """One centre-window pass over `split` on the first local device.
+  """Scores every slice of `split` whole, as evaluation does (`evaluate.predict_split`).
 
   Returns numpy arrays ordered by position in the split: 'index' (N,),
   'label' (N,) (the split's stored score), 'score' (N,), 'uncertainty' (N,)
-  and, for distribution heads, 'log_probs' (N, K, num_bins).
+  and, for distribution heads, 'log_probs' (N, K, num_bins): the slice-level
+  distributions of the K heads.
   """
-  model = models.create_model(config)
-
-  @jax.jit
-  def apply(params, images):
-    outputs = model.apply({'params': params}, images, train=False)
-    return {key: outputs[key] for key in ('score', 'uncertainty', 'log_probs')
-            if key in outputs}
-
-  collected: Dict[str, List[np.ndarray]] = {}
-  batches = pipeline.create_eval_iterator(config.data, split,
-                                          batch_size_per_host=config.eval_batch_size,
-                                          process_index=0, process_count=1)
-  for batch in batches:
-    valid = np.asarray(batch['valid'], bool)
-    outputs = jax.device_get(apply(params, batch['image']))
-    outputs.update(index=batch['index'], label=batch['score'])
-    for key, value in outputs.items():
-      collected.setdefault(key, []).append(np.asarray(value)[valid])
-  predictions = {key: np.concatenate(values) for key, values in collected.items()}
-  order = np.argsort(predictions['index'], kind='stable')
-  return {key: value[order] for key, value in predictions.items()}
+  predictions = evaluate.predict_split(config, params, split)
+  return {key: predictions[key] for key in ('index', 'label', 'score', 'uncertainty',
+                                            'log_probs') if key in predictions}
 
 
 def pseudo_label_arrays(teacher_predictions: Sequence[Dict[str, np.ndarray]]

@@ -113,7 +113,6 @@ def tiny_config():
   from mdiqa_jax.config_base import base_config  # pylint: disable=g-import-not-at-top
   config = base_config()
   config.data.image_size = 64
-  config.data.crop_fraction = 0.875  # The tests' expected crops assume it.
   config.eval_batch_size = 4
   config.model.vit.width = 32
   config.model.vit.depth = 2

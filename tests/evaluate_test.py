@@ -1,4 +1,4 @@
-"""Evaluation: crop averaging, split predictions, report files, the command."""
+"""Evaluation: split predictions (the predict path), report files, the command."""
 import csv
 import json
 import subprocess
@@ -9,11 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
+import tifffile
 
 from mdiqa_jax import checkpointing
 from mdiqa_jax import evaluate
 from mdiqa_jax import metrics as metrics_lib
 from mdiqa_jax import models
+from mdiqa_jax import predict
 from mdiqa_jax import train_step
 from mdiqa_jax.data import pipeline
 from mdiqa_jax.data import preprocess
@@ -36,38 +38,22 @@ def params(config):
       model, jax.random.PRNGKey(0), config.data.image_size)
 
 
-def test_combine_crops_gives_the_moments_of_the_pooled_views():
-  rng = np.random.default_rng(0)
-  score = rng.uniform(0, 4, (6, 5))
-  uncertainty = rng.uniform(0.1, 1.0, (6, 5))
-  scale_scores = rng.uniform(0, 4, (6, 5, 3))
-  combined = evaluate.combine_crops(score, uncertainty, scale_scores)
-  # Equal mixture of the views' distributions: E[X] and E[X^2] - E[X]^2.
-  for i in range(6):
-    mean = np.mean(score[i])
-    second_moment = np.mean(uncertainty[i] ** 2 + score[i] ** 2)
-    assert combined['score'][i] == pytest.approx(mean)
-    assert combined['uncertainty'][i] == pytest.approx(np.sqrt(second_moment - mean ** 2))
-  np.testing.assert_allclose(combined['scale_scores'], scale_scores.mean(axis=1))
-
-
-@pytest.mark.parametrize('crops', [1, 5])
-def test_predict_split_equals_one_slice_at_a_time(config, params, crops):
-  predictions = evaluate.predict_split(config, params, 'test', crops=crops)
+def test_predict_split_scores_each_slice_as_predict_scores_its_file(config, params, tmp_path):
+  predictions = evaluate.predict_split(config, params, 'test')
   source = pipeline.open_source(config.data, 'test')
-  model = models.create_model(config)
-  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
   assert predictions['index'].tolist() == list(range(len(source)))
+  assert predictions['log_probs'].shape == (len(source), 3, 21)
   for i in range(len(source)):
     example = source[i]
-    views = preprocess.eval_crops(example['image'], image_size=config.data.image_size,
-                                  crop_fraction=config.data.crop_fraction, num_crops=crops)
-    outputs = apply(params, jnp.asarray(views))
+    path = str(tmp_path / f'{i}.tif')
+    tifffile.imwrite(path, preprocess.as_slice(example['image']))
+    (row,), _ = predict.predict_paths(config, params, [path],
+                                      pixel_mm=pipeline.example_pixel_mm(example, config.data)[0])
     assert predictions['label'][i] == pytest.approx(example['score'])
-    assert predictions['score'][i] == pytest.approx(float(np.mean(outputs['score'])),
-                                                    abs=1e-5)
+    assert predictions['score'][i] == pytest.approx(row['score'], abs=1e-6)
+    assert predictions['uncertainty'][i] == pytest.approx(row['uncertainty'], abs=1e-6)
     np.testing.assert_allclose(predictions['scale_scores'][i],
-                               np.mean(outputs['scale_scores'], axis=0), atol=1e-5)
+                               [row[f'scale_score_{k}'] for k in range(3)], atol=1e-6)
 
 
 def _predictions():
@@ -110,7 +96,7 @@ def test_evaluate_command_reports_the_workdir_checkpoint(tmp_path, config, param
   env = child_env()
   completed = subprocess.run(
       [sys.executable, '-m', 'mdiqa_jax.evaluate', f'--workdir={workdir}', '--split=test',
-       '--crops=5'], env=env, capture_output=True, text=True, timeout=300, check=False)
+       ], env=env, capture_output=True, text=True, timeout=300, check=False)
   assert completed.returncode == 0, completed.stderr[-5000:]
   report_dir = workdir / 'eval_test'
   summary = json.loads((report_dir / 'metrics.json').read_text())

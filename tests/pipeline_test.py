@@ -1,4 +1,4 @@
-"""Input pipeline: determinism, host sharding, resumption, eval coverage."""
+"""Input pipeline: determinism, host sharding, resumption, evaluation shards."""
 import json
 import os
 
@@ -9,7 +9,6 @@ import tifffile
 
 from mdiqa_jax import config_base
 from mdiqa_jax.data import pipeline
-from mdiqa_jax.data import preprocess
 
 _NUM_SLICES = 11  # Odd: uneven host shards and a padded last eval batch.
 
@@ -32,8 +31,7 @@ def data_config(tmp_path_factory):
   config.name = 'ldctiqac2023'
   config.data_dir = str(root / 'tfds')
   config.manual_dir = str(root / 'manual')
-  config.crop_fraction = 0.25  # 128-pixel windows of the 512-pixel slices ...
-  config.image_size = 128      # ... fed without resampling.
+  config.image_size = 128  # 128-pixel native tiles of the 512-pixel slices.
   return config
 
 
@@ -145,43 +143,22 @@ def test_augmentation_only_crops_and_flips_stored_pixels(data_config, source):
   assert len({(top, left) for top, left, _ in found}) > 10
 
 
-@pytest.mark.parametrize('process_count,batch', [(1, 4), (2, 4), (3, 2)])
-def test_eval_pass_covers_every_example_once(data_config, source,
-                                             process_count, batch):
-  seen, batch_counts = [], []
+@pytest.mark.parametrize('process_count', [1, 2, 3])
+def test_host_examples_cover_every_example_once(data_config, source, process_count):
+  seen = []
   for host in range(process_count):
-    batches = list(pipeline.create_eval_iterator(
-        data_config, 'train', batch_size_per_host=batch, process_index=host,
-        process_count=process_count))
-    batch_counts.append(len(batches))
-    for b in batches:
-      assert b['image'].shape == (batch, 128, 128, 1)
-      assert b['valid'].dtype == np.bool_
-      for image, score, index, valid in zip(b['image'], b['score'], b['index'],
-                                            b['valid']):
-        if not valid:
-          continue
-        seen.append(int(index))
-        stored = source[int(index)]
-        assert score == np.float32(stored['score'])
-        expected = preprocess.eval_crops(stored['image'], image_size=128,
-                                         crop_fraction=0.25, num_crops=1)[0]
-        np.testing.assert_array_equal(image, expected)
+    for index, example in pipeline.host_examples(data_config, 'train', process_index=host,
+                                                 process_count=process_count):
+      assert index % process_count == host
+      np.testing.assert_array_equal(example['image'], source[index]['image'])
+      seen.append(index)
   assert sorted(seen) == list(range(_NUM_SLICES))
-  assert len(set(batch_counts)) == 1  # Hosts stay in step.
-  assert sum(batch_counts) * batch - _NUM_SLICES < process_count * batch
 
 
-def test_eval_crops_add_a_crop_axis_ending_with_the_centre(data_config):
-  single = next(pipeline.create_eval_iterator(
-      data_config, 'train', batch_size_per_host=4, process_index=0,
-      process_count=1))
-  multi = next(pipeline.create_eval_iterator(
-      data_config, 'train', batch_size_per_host=4, process_index=0,
-      process_count=1, crops=5))
-  assert multi['image'].shape == (4, 5, 128, 128, 1)
-  np.testing.assert_array_equal(multi['image'][:, 4], single['image'])
-  np.testing.assert_array_equal(multi['index'], single['index'])
+def test_example_spacing_is_its_feature_else_the_assumed_one(data_config):
+  assert pipeline.example_pixel_mm({'pixel_mm': 0.62}, data_config) == (
+      pytest.approx(0.62), pytest.approx(0.62))
+  assert pipeline.example_pixel_mm({}, data_config) == (data_config.pixel_mm,) * 2
 
 
 def test_shard_for_devices_splits_rows_and_rejects_uneven_batches():
@@ -215,13 +192,9 @@ def test_worker_processes_give_the_same_batches_and_resumable_state(data_config)
 
 
 @pytest.mark.parametrize('arguments,message', [
-    (dict(crops=3), '1 .centre. or 5'),
-    (dict(batch_size_per_host=0), 'batch_size_per_host must be >= 1'),
     (dict(process_index=2, process_count=2), r'not in \[0, process_count=2\)'),
+    (dict(process_index=-1, process_count=1), r'not in \[0, process_count=1\)'),
 ])
-def test_bad_eval_arguments_are_rejected_before_reading(data_config, arguments,
-                                                        message):
-  arguments = dict(dict(batch_size_per_host=4, process_index=0, process_count=1),
-                   **arguments)
+def test_bad_host_arguments_are_rejected_before_reading(data_config, arguments, message):
   with pytest.raises(ValueError, match=message):
-    pipeline.create_eval_iterator(data_config, 'train', **arguments)
+    next(pipeline.host_examples(data_config, 'train', **arguments))

@@ -39,51 +39,83 @@ def _reference_outputs(checkpoint, views):
   return jax.device_get(apply(checkpoint.params, jnp.asarray(views)))
 
 
-def _resize(window, size):
-  """Antialiased bilinear resize of a (h, w) window, jax's implementation."""
-  return np.asarray(jax.image.resize(jnp.asarray(window), (size, size), 'linear',
-                                     antialias=True))
+def _reference_body(unit):
+  """7 x 7 mean (zero padding) above 0.007, the body rule, one pixel at a time."""
+  padded = np.pad(unit.astype(np.float64), 3)
+  return np.array([[padded[i:i + 7, j:j + 7].mean() > 0.007 for j in range(unit.shape[1])]
+                   for i in range(unit.shape[0])])
 
 
 def _predict_rows(checkpoint, paths, **kwargs):
   return predict.predict_paths(checkpoint.config, checkpoint.params, paths, **kwargs)
 
 
-def test_score_is_the_model_on_the_windowed_centre_crop(tiny_checkpoint, tmp_path):
-  hu = _phantom_hu()
+def test_score_pools_the_model_over_native_tiles_by_weight_and_body(tiny_checkpoint, tmp_path):
+  hu = _phantom_hu((120, 100))
   np.save(tmp_path / 'slice.npy', hu)
   (row,), failures = _predict_rows(tiny_checkpoint, [str(tmp_path / 'slice.npy')])
   assert not failures
-  # Centre square of side round(0.875 * 100) = 88 px, windowed, resized to 64.
-  side = 88
-  top, left = (120 - side) // 2, (100 - side) // 2
-  view = _resize(_window(hu)[top:top + side, left:left + side], 64)
-  expected = _reference_outputs(tiny_checkpoint, view[None, :, :, None])
-  assert row['score'] == pytest.approx(float(expected['score'][0]), abs=1e-4)
-  assert row['uncertainty'] == pytest.approx(float(expected['uncertainty'][0]), abs=1e-4)
-  for k in range(3):
-    assert row[f'scale_score_{k}'] == pytest.approx(float(expected['scale_scores'][0, k]),
-                                                    abs=1e-4)
+  # 64-pixel tiles at rows {0, 56} x columns {0, 36}: native pixels, no resizing.
+  unit, body = _window(hu), _reference_body(_window(hu))
+  origins = [(0, 0), (0, 36), (56, 0), (56, 36)]
+  tiles = np.stack([unit[t:t + 64, l:l + 64] for t, l in origins])[..., None]
+  outputs = _reference_outputs(tiny_checkpoint, tiles)
+  pooled, total = 0.0, 0.0
+  for index, (top, left) in enumerate(origins):
+    for i in range(4):
+      for j in range(4):
+        patch_body = body[top + 16 * i:top + 16 * i + 16, left + 16 * j:left + 16 * j + 16].mean()
+        weight = float(outputs['patch_weights'][index, i, j]) * patch_body
+        pooled += weight * float(outputs['patch_scores'][index, i, j])
+        total += weight
+  assert row['score'] == pytest.approx(pooled / total, abs=1e-4)
+  assert row['uncertainty'] > 0 and row['num_tiles'] == 4 and row['pixel_mm'] == '0.75'
   assert (row['file'], row['slice'], row['height'], row['width'], row['intensity']) == (
       str(tmp_path / 'slice.npy'), 0, 120, 100, 'hu')
+  assert "assumed 0.75 mm (the training data's spacing)" in row['note']
 
 
-def test_five_crops_average_scores_and_combine_uncertainties(tiny_checkpoint, tmp_path):
-  hu = _phantom_hu((96, 96), seed=1)
-  np.save(tmp_path / 'slice.npy', hu)
-  preprocessing = predict.Preprocessing.from_config(tiny_checkpoint.config, crops=5)
-  (row,), _ = _predict_rows(tiny_checkpoint, [str(tmp_path / 'slice.npy')],
-                            preprocessing=preprocessing)
-  side, far = 84, 96 - 84  # round(0.875 * 96) = 84.
-  unit = _window(hu)
-  corners = [(0, 0), (0, far), (far, 0), (far, far), (far // 2, far // 2)]
-  views = np.stack([_resize(unit[t:t + side, l:l + side], 64) for t, l in corners])[..., None]
-  outputs = _reference_outputs(tiny_checkpoint, views)
-  scores, spreads = outputs['score'].astype(np.float64), outputs['uncertainty'].astype(np.float64)
-  # Mixture of the five views' distributions: law of total variance.
-  assert row['score'] == pytest.approx(scores.mean(), abs=1e-4)
-  assert row['uncertainty'] == pytest.approx(
-      np.sqrt(np.mean(spreads ** 2) + np.var(scores)), abs=1e-4)
+def _disk_hu(size_mm, pixel_mm, seed):
+  """The same anatomy (a 70 mm soft-tissue disk with a 20 mm bright insert) at a spacing."""
+  count = int(round(size_mm / pixel_mm))
+  centres = (np.arange(count) - (count - 1) / 2) * pixel_mm
+  y, x = np.meshgrid(centres, centres, indexing='ij')
+  hu = np.where(x**2 + y**2 < 35.0**2, 40.0, -1000.0)
+  hu = np.where((x - 12.0)**2 + y**2 < 10.0**2, 150.0, hu)
+  noise = np.random.default_rng(seed).normal(0.0, 15.0, hu.shape)
+  return np.round(hu + np.where(hu > -500, noise, 0.0)).astype(np.int16)
+
+
+def test_dicom_spacing_goes_through_the_spacing_rule(tiny_checkpoint, tmp_path, write_ct_dicom):
+  paths = {}
+  for pixel_mm in (0.5, 0.8, 1.2):
+    hu = _disk_hu(80.0, pixel_mm, seed=int(pixel_mm * 10))
+    paths[pixel_mm] = write_ct_dicom(str(tmp_path / f'at_{pixel_mm}.dcm'), hu, slope=1.0,
+                                     intercept=0.0, PixelSpacing=[pixel_mm, pixel_mm])
+  np.save(tmp_path / 'plain.npy', _disk_hu(80.0, 0.5, seed=9))
+  rows, failures = _predict_rows(tiny_checkpoint, list(paths.values()) +
+                                 [str(tmp_path / 'plain.npy')])
+  assert not failures
+  by_name = {os.path.basename(r['file']): r for r in rows}
+  # 0.8 mm lies in the trained 0.6-0.95 mm: scored at its own pixels, no note.
+  inside = by_name['at_0.8.dcm']
+  assert (inside['pixel_mm'], inside['note'], inside['height']) == ('0.8', '', 100)
+  # 0.5 mm is finer than the range: shrunk to 0.6 mm (160 -> 133 pixels), said so.
+  fine = by_name['at_0.5.dcm']
+  assert float(fine['pixel_mm']) == pytest.approx(0.6, rel=0.01)
+  assert 'resampled from 0.5 mm to 0.602 mm pixels (the model was trained on 0.6-0.95 mm)' in (
+      fine['note'])
+  # 1.2 mm is coarser: enlarged to 0.95 mm.
+  coarse = by_name['at_1.2.dcm']
+  assert float(coarse['pixel_mm']) == pytest.approx(0.95, rel=0.01)
+  assert 'resampled from 1.2 mm' in coarse['note']
+  # A file without spacing takes the training data's, or --pixel_mm, and says so.
+  plain = by_name['plain.npy']
+  assert plain['pixel_mm'] == '0.75' and 'assumed 0.75 mm' in plain['note']
+  (flagged,), _ = _predict_rows(tiny_checkpoint, [str(tmp_path / 'plain.npy')], pixel_mm=0.5)
+  assert 'assumed 0.5 mm (--pixel_mm)' in flagged['note'] and 'resampled from 0.5 mm' in (
+      flagged['note'])
+  assert flagged['score'] == pytest.approx(fine['score'], abs=0.1)
 
 
 def test_same_slice_as_dicom_tiff_npy_and_png_gives_the_same_score(
@@ -106,20 +138,21 @@ def test_same_slice_as_dicom_tiff_npy_and_png_gives_the_same_score(
   # A 16-bit PNG quantises the window to steps of 1/65535, and says what it assumed.
   np.testing.assert_allclose(scores['w16.png'], scores['slice.dcm'], rtol=0, atol=1e-3)
   notes = {os.path.basename(r['file']): r['note'] for r in rows}
-  assert 'no HU information' in notes['w16.png'] and notes['slice.dcm'] == ''
+  assert 'no HU information' in notes['w16.png']
+  assert 'no pixel spacing' in notes['hu.npy'] and notes['slice.dcm'].startswith('no pixel')
 
 
 def test_batch_size_does_not_change_scores(tiny_checkpoint, tmp_path):
-  stack = np.stack([_phantom_hu((64, 80), seed=s) for s in range(5)])
+  stack = np.stack([_phantom_hu((130, 150), seed=s) for s in range(5)])
   np.save(tmp_path / 'stack.npy', stack)
   by_batch = {}
-  for batch_size in (1, 2, 8):
+  for batch_size in (1, 7, 8):
     rows, _ = _predict_rows(tiny_checkpoint, [str(tmp_path / 'stack.npy')],
                             batch_size=batch_size)
     assert [r['slice'] for r in rows] == [0, 1, 2, 3, 4]
     by_batch[batch_size] = np.array([r['score'] for r in rows])
   np.testing.assert_allclose(by_batch[1], by_batch[8], atol=1e-5)
-  np.testing.assert_allclose(by_batch[2], by_batch[8], atol=1e-5)
+  np.testing.assert_allclose(by_batch[7], by_batch[8], atol=1e-5)
   assert np.ptp(by_batch[8]) > 0  # The slices differ, and so do their scores.
 
 
@@ -177,7 +210,8 @@ def test_command_never_overwrites_without_overwrite_and_writes_json(tiny_checkpo
   result = json.loads(output.read_text())
   assert [s['file'] for s in result['slices']] == [str(tmp_path / 'a.npy')]
   assert result['failures'] == []
-  assert result['settings']['image_size'] == 64 and result['settings']['window_width'] == 350
+  assert result['settings']['tile_size'] == 64 and result['settings']['window_width'] == 350
+  assert result['settings']['pixel_mm_range'] == [0.6, 0.95]
   assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]  # No temporary left.
 
 
@@ -209,6 +243,16 @@ def test_heatmaps_one_png_per_slice_and_no_overwrite(tiny_checkpoint, tmp_path):
   assert sorted(os.listdir(heatmaps)) == ['stack_slice0000.png', 'stack_slice0001.png']
   with Image.open(heatmaps / 'stack_slice0001.png') as image:
     assert image.size[0] > 300 and image.size[1] > 100
+  # The maps cover the whole slice: every body pixel has a patch score.
+  maps = []
+  predict.predict_paths(tiny_checkpoint.config, tiny_checkpoint.params,
+                        [str(tmp_path / 'stack.npy')],
+                        on_prediction=lambda key, prediction: maps.append(prediction))
+  for prediction in maps:
+    assert prediction['score_map'].shape == prediction['image'].shape == (72, 64)
+    body = _reference_body(prediction['image'])
+    assert np.isfinite(prediction['score_map'][body]).all()
+    assert prediction['weight_map'].sum() == pytest.approx(1.0, abs=1e-4)
   again = _options(tiny_checkpoint.workdir, [tmp_path / 'stack.npy'], heatmap=str(heatmaps),
                    output=str(tmp_path / 'other.csv'))
   assert predict.predict_command(again) == predict.EXIT_FATAL

@@ -1,5 +1,7 @@
-"""Slice preprocessing: resize against jax.image.resize, crops against slicing."""
+"""Native-pixel preprocessing: tiles against slicing, body mask and pooling weights
+against loops, spacing resampling against jax.image.resize."""
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -13,41 +15,50 @@ def _slice(shape=(64, 64), seed=0):
   return np.random.default_rng(seed).random(shape, dtype=np.float32)
 
 
+def _body_slice(shape=(100, 90), seed=0):
+  """A disk of soft tissue (with noise) in air, windowed to [0, 1]."""
+  rows, cols = np.mgrid[:shape[0], :shape[1]]
+  inside = ((rows - shape[0] / 2) / (0.35 * shape[0]))**2 + (
+      (cols - shape[1] / 2) / (0.35 * shape[1]))**2 < 1
+  noise = np.random.default_rng(seed).normal(0.0, 0.05, shape)
+  return np.where(inside, np.clip(0.5 + noise, 0, 1), 0.0).astype(np.float32)
+
+
 def _flips(window):
   return [window, window[::-1], window[:, ::-1], window[::-1, ::-1]]
 
 
-def test_prepare_image_keeps_a_slice_of_the_right_size_bit_for_bit():
-  image = _slice((32, 32))
-  out = preprocess.prepare_image(image[..., None], 32)
-  assert out.shape == (32, 32, 1) and out.dtype == np.float32
-  np.testing.assert_array_equal(out[..., 0], image)
+def _reference_body_mask(image):
+  """7 x 7 mean with zero padding, one pixel at a time."""
+  padded = np.pad(image.astype(np.float64), 3)
+  height, width = image.shape
+  mean = np.array([[padded[i:i + 7, j:j + 7].mean() for j in range(width)]
+                   for i in range(height)])
+  return mean > preprocess.BODY_THRESHOLD
 
 
-@pytest.mark.parametrize('shape,size', [((96, 96), 40), ((64, 64), 64 + 17),
-                                        ((80, 60), 32)])
-def test_prepare_image_matches_jax_antialiased_linear_resize(shape, size):
-  image = _slice(shape, seed=1)
-  expected = jax.image.resize(jnp.asarray(image), (size, size), 'linear',
-                              antialias=True)
-  out = preprocess.prepare_image(image, size)
-  assert out.shape == (size, size, 1)
-  np.testing.assert_allclose(out[..., 0], np.clip(np.asarray(expected), 0, 1),
-                             atol=1e-5)
+def test_body_mask_is_the_thresholded_7x7_mean():
+  image = _body_slice((40, 36), seed=1)
+  np.testing.assert_array_equal(preprocess.body_mask(image), _reference_body_mask(image))
+  assert preprocess.body_mask(image).any() and not preprocess.body_mask(image).all()
 
 
-def test_train_crop_only_moves_pixels_and_covers_positions_and_flips():
+def test_uint8_slices_are_read_as_the_window_over_255():
+  stored = np.random.default_rng(0).integers(0, 256, (8, 8, 1), dtype=np.uint8)
+  np.testing.assert_array_equal(preprocess.as_slice(stored),
+                                stored[..., 0].astype(np.float32) / np.float32(255))
+
+
+def test_train_crop_only_copies_native_pixels_and_covers_positions_and_flips():
   image = _slice((40, 40), seed=2)
-  side = preprocess.crop_side(40, 40, 0.8)  # 32: the model size, no resampling.
+  side = 32
   windows = {(top, left): image[top:top + side, left:left + side]
              for top, left in itertools.product(range(40 - side + 1), repeat=2)}
   seen_positions, seen_flips = set(), set()
   for seed in range(40):
-    out = preprocess.train_crop(
-        image, image_size=side, crop_fraction=0.8, random_crop=True,
-        random_flip=True, rng=np.random.default_rng(seed))[..., 0]
-    matches = [(position, flip)
-               for position, window in windows.items()
+    out = preprocess.train_crop(image, image_size=side, min_body_fraction=0.0,
+                                random_flip=True, rng=np.random.default_rng(seed))[..., 0]
+    matches = [(position, flip) for position, window in windows.items()
                for flip, candidate in enumerate(_flips(window))
                if np.array_equal(out, candidate)]
     assert matches, f'seed {seed}: output is not a flipped window of the input'
@@ -57,38 +68,93 @@ def test_train_crop_only_moves_pixels_and_covers_positions_and_flips():
   assert len(seen_positions) > 20
 
 
-def test_train_crop_without_randomness_is_the_single_eval_crop():
-  image = _slice((50, 70), seed=3)
-  train = preprocess.train_crop(
-      image, image_size=24, crop_fraction=0.875, random_crop=False,
-      random_flip=False, rng=np.random.default_rng(0))
-  evaluation = preprocess.eval_crops(image, image_size=24, crop_fraction=0.875,
-                                     num_crops=1)
-  np.testing.assert_array_equal(train, evaluation[0])
+def test_train_crop_prefers_tiles_inside_the_body():
+  # Body only in the bottom-right 40 x 40 corner of a 120 x 120 slice.
+  image = np.zeros((120, 120), np.float32)
+  image[80:, 80:] = 0.5
+  uniform_body, preferred_body = [], []
+  for seed in range(30):
+    for fraction, found in ((0.0, uniform_body), (0.5, preferred_body)):
+      tile = preprocess.train_crop(image, image_size=32, min_body_fraction=fraction,
+                                   random_flip=False, rng=np.random.default_rng(seed))
+      found.append(float((tile > 0).mean()))
+  assert np.mean(preferred_body) > np.mean(uniform_body) + 0.2
 
 
-def test_five_eval_crops_are_the_corners_then_the_centre():
-  image = _slice((50, 70), seed=4)
-  side = 44  # round(0.875 * 50)
-  crops = preprocess.eval_crops(image, image_size=side, crop_fraction=0.875,
-                                num_crops=5)
-  assert crops.shape == (5, side, side, 1)
-  expected = [image[:side, :side], image[:side, -side:], image[-side:, :side],
-              image[-side:, -side:], image[3:3 + side, 13:13 + side]]
-  for crop, window in zip(crops, expected):
-    np.testing.assert_array_equal(crop[..., 0], window)
+def test_train_crop_refuses_slices_smaller_than_the_tile():
+  with pytest.raises(ValueError, match='smaller than the 64-pixel'):
+    preprocess.train_crop(_slice((40, 80)), image_size=64, min_body_fraction=0.0,
+                          random_flip=False, rng=np.random.default_rng(0))
 
 
-@pytest.mark.parametrize('image,message', [
-    (np.zeros((4, 8, 8), np.float32), r'shape \(H, W\) or \(H, W, 1\)'),
-    (np.full((8, 8), 120.0, np.float32), 'windowed to'),
-    (np.full((8, 8), np.nan, np.float32), 'windowed to'),
-])
-def test_bad_slices_are_rejected(image, message):
-  with pytest.raises(ValueError, match=message):
-    preprocess.prepare_image(image, 8)
+@pytest.mark.parametrize('length,tile', [(512, 96), (96, 96), (100, 96), (60, 96), (448, 448),
+                                         (512, 448)])
+def test_tile_origins_cover_the_axis_evenly(length, tile):
+  origins = preprocess.tile_origins(length, tile)
+  covered = np.zeros(max(length, tile), bool)
+  for origin in origins:
+    covered[origin:origin + tile] = True
+  assert covered[:length].all()
+  assert origins[0] == 0 and origins[-1] == max(length - tile, 0)
+  assert len(origins) == max(1, math.ceil(length / tile))
 
 
-def test_eval_crops_rejects_unsupported_crop_counts():
-  with pytest.raises(ValueError, match='1 .centre. or 5'):
-    preprocess.eval_crops(_slice(), image_size=8, crop_fraction=0.5, num_crops=3)
+def test_cut_tiles_are_slices_with_their_patch_body_fractions():
+  image = _body_slice((100, 90), seed=3)
+  tiles = preprocess.cut_tiles(image, tile_size=32, patch_size=8, min_body_fraction=0.0)
+  body = _reference_body_mask(image).astype(np.float64)
+  assert tiles.body_found and len(tiles.images) == 4 * 3
+  for tile, (top, left), patch_body in zip(tiles.images, tiles.origins, tiles.patch_body):
+    np.testing.assert_array_equal(tile[..., 0], image[top:top + 32, left:left + 32])
+    for i, j in itertools.product(range(4), repeat=2):
+      expected = body[top + 8 * i:top + 8 * i + 8, left + 8 * j:left + 8 * j + 8].mean()
+      assert patch_body[i, j] == pytest.approx(expected, abs=1e-6)
+
+
+def test_cut_tiles_skip_background_and_keep_everything_without_a_body():
+  image = np.zeros((96, 96), np.float32)
+  image[:32, :32] = 0.5
+  tiles = preprocess.cut_tiles(image, tile_size=32, patch_size=8, min_body_fraction=0.05)
+  assert tiles.body_found
+  # The body (3 px blurred by the mask's 7 x 7 mean) reaches the tiles at (0, 32)
+  # and (32, 0) but not those further away.
+  assert {tuple(o) for o in tiles.origins} <= {(0, 0), (0, 32), (32, 0), (32, 32)}
+  assert (0, 0) in {tuple(o) for o in tiles.origins}
+  empty = preprocess.cut_tiles(np.zeros((64, 64), np.float32), tile_size=32, patch_size=8,
+                               min_body_fraction=0.05)
+  assert not empty.body_found and len(empty.images) == 4
+  np.testing.assert_array_equal(empty.patch_body, 1.0)
+
+
+def test_cut_tiles_pad_short_sides_with_air():
+  image = _body_slice((40, 24), seed=4)
+  tiles = preprocess.cut_tiles(image, tile_size=32, patch_size=8, min_body_fraction=0.0)
+  assert tiles.images.shape[1:] == (32, 32, 1)
+  np.testing.assert_array_equal(tiles.images[0, :32, :24, 0], image[:32])
+  np.testing.assert_array_equal(tiles.images[0, :, 24:, 0], 0.0)
+
+
+def test_fit_spacing_leaves_slices_in_range_untouched():
+  image = _slice((50, 40), seed=5)
+  for spacing in ((0.6, 0.6), (0.75, 0.8), (0.95, 0.95)):
+    out, scored, note = preprocess.fit_spacing(image, spacing, (0.6, 0.95))
+    assert out is image and scored == spacing and note is None
+
+
+@pytest.mark.parametrize('spacing,target', [((0.5, 0.5), 0.6), ((1.2, 1.2), 0.95)])
+def test_fit_spacing_resamples_to_the_nearest_end_like_jax_antialiased_resize(spacing, target):
+  image = _slice((90, 90), seed=6)
+  out, scored, note = preprocess.fit_spacing(image, spacing, (0.6, 0.95))
+  size = round(90 * spacing[0] / target)
+  assert out.shape == (size, size)
+  assert scored == pytest.approx((90 * spacing[0] / size,) * 2)
+  assert f'resampled from {spacing[0]:.3g} mm' in note and '0.6-0.95 mm' in note
+  expected = jax.image.resize(jnp.asarray(image), (size, size), 'linear', antialias=True)
+  np.testing.assert_allclose(out, np.clip(np.asarray(expected), 0, 1), atol=1e-5)
+
+
+def test_fit_spacing_rejects_bad_spacings_and_ranges():
+  with pytest.raises(ValueError, match='positive and finite'):
+    preprocess.fit_spacing(_slice(), (0.0, 0.7), (0.6, 0.95))
+  with pytest.raises(ValueError, match='pixel_mm_range'):
+    preprocess.fit_spacing(_slice(), (0.7, 0.7), (0.9, 0.6))

@@ -34,7 +34,9 @@ def get_config(data_dir=None):
   config.data.name = DATASET
   config.data.data_dir = data_dir
   config.data.image_size = IMAGE_SIZE
-  config.data.crop_fraction = 0.875
+  # The tiny slices have coarse pixels; score them at their own spacing.
+  config.data.pixel_mm_range = (0.5, 20.0)
+  config.data.train_min_body_fraction = 0.0
   config.model.vit.update(width=16, depth=2, num_heads=1, feature_blocks=(0, 1))
   config.model.use_cnn = False
   config.model.use_alignment = False

@@ -3,7 +3,8 @@
   TFDS builder (ldct_iqa_synthetic / ldctiqac2023), built once to array_record
     -> `builder.as_data_source(split)`: random access, no TensorFlow
     -> grain.MapDataset: per-host shard, global shuffle (reshuffled every
-       epoch), per-example augmentation (`preprocess`), batching
+       epoch), per-example augmentation (`preprocess.train_crop`: one random
+       native-pixel tile inside the body, flips), batching
     -> numpy dict batches; the training loop puts them on devices
        (`shard_for_devices` + jax.device_put / flax prefetch_to_device).
 
@@ -22,13 +23,15 @@ split is dropped each epoch, at most process_count - 1 examples), so all hosts
 run the same number of steps per epoch. The global batch is
 batch_size_per_host * process_count.
 
+Evaluation does not batch examples: it scores whole slices tile by tile
+(`slice_scoring`), reading this host's examples with `host_examples`.
+
 Batches (numpy): 'image' (b, S, S, 1) float32 in [0, 1]; 'score' (b,) float32;
 'rater_scores' (b, R) float32 when the dataset has it; every other numeric
 feature (e.g. 'dose_fraction' (b,) float32, 'views' (b,) int32) passes
 through, and 'index' (b,) int32 is the example's position in the split.
 Text features (patient_id, file_name) do not pass: look them up by 'index'.
 """
-import math
 from typing import Any, Iterator, Optional
 
 import grain
@@ -40,9 +43,6 @@ import tensorflow_datasets as tfds
 from mdiqa_jax.data import mixture
 from mdiqa_jax.data import preprocess
 
-# Window side as a fraction of the slice side (see preprocess). Read from
-# config.data.crop_fraction when that field exists.
-DEFAULT_CROP_FRACTION = 0.875
 # Examples decoded and augmented concurrently per process.
 _READ_THREADS = 2
 _PREFETCH_BATCHES = 2
@@ -91,10 +91,6 @@ def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
   return len(open_source(data_config, split))
 
 
-def _crop_fraction(data_config: ml_collections.ConfigDict) -> float:
-  return float(data_config.get('crop_fraction', DEFAULT_CROP_FRACTION))
-
-
 def _host(process_index: Optional[int], process_count: Optional[int],
           batch_size_per_host: int) -> tuple[int, int]:
   """Resolves and checks this host's position and the per-host batch size."""
@@ -132,13 +128,13 @@ def _host_seed(seed: int, process_index: int) -> int:
 
 
 def train_dataset_from_source(
-    source, *, image_size: int, crop_fraction: float, random_crop: bool,
+    source, *, image_size: int, min_body_fraction: float,
     random_flip: bool, batch_size_per_host: int, seed: int, process_index: int,
     process_count: int) -> grain.MapDataset:
   """The infinite training dataset of batches over any random-access source.
 
   `source[i]` must return a dict with at least 'image' (H, W, 1) float32 in
-  [0, 1] and 'score'. Kept separate from `create_train_iterator` so that other
+  [0, 1] or uint8 (`preprocess.as_slice`) and 'score'. Kept separate from `create_train_iterator` so that other
   sources (e.g. a labeled split mixed with pseudo-labeled slices) can reuse it.
   """
   per_host = len(source) // process_count
@@ -152,8 +148,8 @@ def train_dataset_from_source(
     index, example = indexed_example
     features = _numeric_features(example)
     features['image'] = preprocess.train_crop(
-        features['image'], image_size=image_size, crop_fraction=crop_fraction,
-        random_crop=random_crop, random_flip=random_flip, rng=rng)
+        features['image'], image_size=image_size, min_body_fraction=min_body_fraction,
+        random_flip=random_flip, rng=rng)
     features['index'] = np.int32(index)
     return features
 
@@ -183,7 +179,7 @@ def create_train_iterator(
 
   Args:
     data_config: `config.data` (name, data_dir, manual_dir, train_split,
-      image_size, random_crop, random_flip, num_workers; crop_fraction;
+      image_size, train_min_body_fraction, random_flip, num_workers;
       pseudo_labels and unlabeled_split: `open_train_source`).
     batch_size_per_host: examples per batch on this host.
     seed: fixes the shuffle order and augmentations (same seed, same batches).
@@ -200,75 +196,35 @@ def create_train_iterator(
   dataset = train_dataset_from_source(
       open_train_source(data_config),
       image_size=data_config.image_size,
-      crop_fraction=_crop_fraction(data_config),
-      random_crop=data_config.random_crop, random_flip=data_config.random_flip,
+      min_body_fraction=float(data_config.train_min_body_fraction),
+      random_flip=data_config.random_flip,
       batch_size_per_host=batch_size_per_host, seed=seed,
       process_index=process_index, process_count=process_count)
   return _to_iterator(dataset, data_config.num_workers)
 
 
-def eval_dataset_from_source(
-    source, *, image_size: int, crop_fraction: float, crops: int,
-    batch_size_per_host: int, process_index: int,
-    process_count: int) -> grain.MapDataset:
-  """One padded pass over this host's shard of a random-access source."""
-  host_indices = np.arange(process_index, len(source), process_count)
-  # Every host runs the same number of batches (collectives stay in step).
-  num_batches = math.ceil(math.ceil(len(source) / process_count) /
-                          batch_size_per_host)
-
-  def load(position: int) -> dict[str, np.ndarray]:
-    valid = position < len(host_indices)
-    # Padding rows repeat a real example (shapes stay exact); 'valid' masks them.
-    index = int(host_indices[position if valid else 0]) if len(host_indices) else 0
-    features = _numeric_features(source[index])
-    views = preprocess.eval_crops(
-        features['image'], image_size=image_size, crop_fraction=crop_fraction,
-        num_crops=crops)
-    features['image'] = views[0] if crops == 1 else views
-    features['index'] = np.int32(index)
-    features['valid'] = np.bool_(valid)
-    return features
-
-  return (grain.MapDataset.range(num_batches * batch_size_per_host)
-          .map(load)
-          .batch(batch_size_per_host, drop_remainder=True))
+def example_pixel_mm(example: dict[str, Any],
+                     data_config: ml_collections.ConfigDict) -> tuple[float, float]:
+  """(row, column) spacing of a dataset example, mm: its 'pixel_mm' feature
+  (square pixels), else the spacing assumed for the dataset (config.data.pixel_mm)."""
+  value = example.get('pixel_mm')
+  spacing = float(data_config.pixel_mm if value is None else value)
+  return spacing, spacing
 
 
-def create_eval_iterator(
-    data_config: ml_collections.ConfigDict, split: str, *,
-    batch_size_per_host: int, process_index: Optional[int] = None,
-    process_count: Optional[int] = None,
-    crops: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """One deterministic pass over this host's shard of `split`.
+def host_examples(data_config: ml_collections.ConfigDict, split: str, *,
+                  process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> Iterator[tuple[int, dict]]:
+  """This host's shard of a split, in order: (index in the split, example).
 
-  Args:
-    data_config: `config.data`.
-    split: e.g. data_config.eval_split, 'test', 'train[900:]'.
-    batch_size_per_host: rows per batch on this host.
-    process_index: this host (default jax.process_index()).
-    process_count: number of hosts (default jax.process_count()).
-    crops: test-time views per example: 1 = centre window, 5 = four corners
-      and centre (`preprocess.eval_crops`).
-
-  Returns:
-    An iterator of numpy batches, all of size batch_size_per_host, with the
-    features of the module docstring plus 'valid' (b,) bool (False on the
-    padding rows that fill the last batch) and 'index' (b,) int32 (position of
-    the example in `split`). With crops == 1, 'image' is (b, S, S, 1); with
-    crops > 1 it is (b, crops, S, S, 1): fold the crop axis into the batch to
-    predict, then average each example's `crops` predictions. Every example
-    of the split appears on exactly one host, exactly once with valid=True.
+  Host process_index of process_count reads examples process_index,
+  process_index + process_count, ...; every example appears on exactly one
+  host.
   """
-  preprocess.check_num_crops(crops)
-  process_index, process_count = _host(process_index, process_count,
-                                       batch_size_per_host)
-  dataset = eval_dataset_from_source(
-      open_source(data_config, split), image_size=data_config.image_size,
-      crop_fraction=_crop_fraction(data_config), crops=crops,
-      batch_size_per_host=batch_size_per_host, process_index=process_index,
-      process_count=process_count)
-  return _to_iterator(dataset, data_config.num_workers)
+  process_index, process_count = _host(process_index, process_count, 1)
+  source = open_source(data_config, split)
+  for index in range(process_index, len(source), process_count):
+    yield index, source[index]
 
 
 def shard_for_devices(batch: dict[str, np.ndarray],

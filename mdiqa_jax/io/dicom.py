@@ -14,6 +14,12 @@ A series (a folder of single-frame files) is ordered by position along the
 slice normal (ImagePositionPatient projected on the cross product of the
 ImageOrientationPatient row and column directions) when every file has it,
 else by InstanceNumber when every file has it, else by path (`series_order`).
+
+Pixel spacing (mm, row then column) is read per frame from the frame's
+PixelMeasuresSequence (per-frame, then shared functional groups: enhanced
+CT), else the top-level PixelSpacing; a missing, malformed or non-positive
+value leaves the slice without one (the scorer assumes a spacing and says
+so in the row's note).
 """
 import math
 import os
@@ -100,8 +106,9 @@ def read(path: str) -> list[slices_lib.Slice]:
   frames = np.asarray(stored).reshape((num_frames,) + np.shape(stored)[-2:])
   frames = slices_lib.as_stack(path, frames)
   hu = np.empty(frames.shape, np.float32)
-  metadata = []
+  metadata, spacings = [], []
   for frame in range(num_frames):
+    spacings.append(_pixel_spacing(ds, frame))
     slope, intercept = _rescale(path, ds, frame)
     hu[frame] = frames[frame].astype(np.float64) * slope + intercept
     metadata.append({
@@ -111,7 +118,22 @@ def read(path: str) -> list[slices_lib.Slice]:
         'slope': slope,
         'intercept': intercept,
     })
-  return slices_lib.slices_of_stack(path, hu, slices_lib.HU, metadata)
+  return slices_lib.slices_of_stack(path, hu, slices_lib.HU, metadata, spacings)
+
+
+def _pixel_spacing(ds: Dataset, frame: int) -> Optional[tuple[float, float]]:
+  """(row, column) spacing of one frame, mm, or None (module docstring)."""
+  measures = _functional_group(ds, frame, 'PixelMeasuresSequence')
+  spacing = (measures or ds).get('PixelSpacing')
+  if spacing is None and measures is not None:
+    spacing = ds.get('PixelSpacing')
+  try:
+    rows_mm, cols_mm = (float(value) for value in spacing)
+  except (TypeError, ValueError):
+    return None
+  if not (math.isfinite(rows_mm) and math.isfinite(cols_mm) and rows_mm > 0 and cols_mm > 0):
+    return None
+  return rows_mm, cols_mm
 
 
 def _functional_group(ds: Dataset, frame: int, sequence: str) -> Optional[Dataset]:

@@ -61,12 +61,15 @@ class Slice:
     intensity: HU or UNIT.
     metadata: format-specific facts worth reporting (DICOM: series_uid,
       instance_number, z_mm), JSON-serialisable scalars.
+    pixel_mm: (row, column) pixel spacing in mm when the file states it
+      (DICOM PixelSpacing), else None (the scorer assumes one and says so).
   """
   file: str
   index: int
   pixels: np.ndarray
   intensity: str
   metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+  pixel_mm: Optional[tuple[float, float]] = None
 
 
 def to_unit(image: Slice, window_width: float = intensity_lib.WINDOW_WIDTH_HU,
@@ -169,11 +172,14 @@ def _float_unit_range(array: np.ndarray) -> Optional[np.ndarray]:
 
 
 def slices_of_stack(path: str, stack: np.ndarray, intensity: str,
-                    metadata: Optional[list[dict[str, Any]]] = None) -> list[Slice]:
+                    metadata: Optional[list[dict[str, Any]]] = None,
+                    pixel_mm: Optional[list[Optional[tuple[float, float]]]] = None
+                    ) -> list[Slice]:
   """Splits an (N, H, W) float32 stack into N `Slice`s of one file."""
   metadata = metadata or [{} for _ in range(stack.shape[0])]
+  pixel_mm = pixel_mm or [None] * stack.shape[0]
   return [Slice(file=path, index=i, pixels=np.ascontiguousarray(stack[i]),
-                intensity=intensity, metadata=metadata[i])
+                intensity=intensity, metadata=metadata[i], pixel_mm=pixel_mm[i])
           for i in range(stack.shape[0])]
 
 

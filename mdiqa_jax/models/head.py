@@ -39,7 +39,10 @@ class DistributionHead(nn.Module):
     'score' (B,): expectation of the mixture of the K heads (their mean);
     'uncertainty' (B,): standard deviation of that mixture, score units;
     'patch_scores' (B, h, w): expected score per patch (mean over heads);
-    'patch_weights' (B, h, w).
+    'patch_weights' (B, h, w);
+    'patch_log_probs' (B, h, w, K, num_bins): each patch's distributions, from
+      which a prediction pooled over many tiles is made exactly as here
+      (`slice_scoring.combine_tiles`).
   """
   num_distributions: int
   hidden: int
@@ -73,6 +76,8 @@ class DistributionHead(nn.Module):
         'uncertainty': losses.distribution_std(mixture, centers),
         'patch_scores': patch_scores.reshape(batch, height, width),
         'patch_weights': weights,
+        'patch_log_probs': patch_log_probs.reshape(
+            batch, height, width, self.num_distributions, num_bins),
     }
 
 
