@@ -37,8 +37,8 @@ def test_reloaded_model_matches_the_model_for_any_batch(tiny_checkpoint, exporte
     images = _images(batch, seed=batch)
     outputs = model(images)
     expected = _model_outputs(tiny_checkpoint, images)
-    assert set(outputs) == set(predict.OUTPUT_KEYS)
-    for key in predict.OUTPUT_KEYS:
+    assert set(outputs) == set(export.OUTPUT_KEYS)
+    for key in export.OUTPUT_KEYS:
       np.testing.assert_allclose(outputs[key], expected[key], rtol=0, atol=1e-5, err_msg=key)
 
 
@@ -46,11 +46,12 @@ def test_spec_records_preprocessing_and_outputs(exported_dir):
   with open(os.path.join(exported_dir, 'preprocessing.json'), encoding='utf-8') as f:
     spec = json.load(f)
   assert spec['input']['shape'] == ['B', 64, 64, 1] and spec['input']['batch_size'] is None
-  assert spec['preprocessing']['image_size'] == 64
-  assert spec['preprocessing']['crop_fraction'] == 0.875
+  assert spec['preprocessing']['tile_size'] == 64 and spec['preprocessing']['patch_size'] == 16
+  assert spec['preprocessing']['pixel_mm_range'] == [0.6, 0.95]
+  assert spec['preprocessing']['assumed_pixel_mm'] == 0.75
   assert (spec['preprocessing']['window_width'], spec['preprocessing']['window_level']) == (
       350.0, 40.0)
-  assert set(spec['outputs']) == set(predict.OUTPUT_KEYS)
+  assert set(spec['outputs']) == set(export.OUTPUT_KEYS)
   assert spec['num_scales'] == 3 and spec['score_range'] == [0.0, 4.0]
   assert spec['config']['model']['head']['hidden'] == 16
 

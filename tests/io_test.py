@@ -64,6 +64,42 @@ def test_enhanced_multiframe_dicom_uses_per_frame_rescale(tmp_path, write_enhanc
     assert frame.metadata['slope'] == slope
 
 
+def test_dicom_pixel_spacing_is_read_and_bad_values_are_left_out(tmp_path, write_ct_dicom):
+  stored = _hu_slice((40, 40), seed=4)
+  (spaced,) = _read(write_ct_dicom(str(tmp_path / 's.dcm'), stored,
+                                   PixelSpacing=[0.5, 0.625]))
+  assert spaced.pixel_mm == (0.5, 0.625)
+  (unspaced,) = _read(write_ct_dicom(str(tmp_path / 'n.dcm'), stored))
+  assert unspaced.pixel_mm is None
+  (zero,) = _read(write_ct_dicom(str(tmp_path / 'z.dcm'), stored, PixelSpacing=[0.0, 0.7]))
+  assert zero.pixel_mm is None
+
+
+def test_enhanced_dicom_spacing_comes_from_the_pixel_measures_sequence(tmp_path,
+                                                                       write_enhanced_ct_dicom):
+  path = write_enhanced_ct_dicom(str(tmp_path / 'multi.dcm'),
+                                 np.stack([_hu_slice((36, 36), seed=s) for s in range(2)]),
+                                 [1.0, 1.0], [0.0, 0.0], [0.0, 1.0])
+  ds = pydicom.dcmread(path)
+  measures = pydicom.Dataset()
+  measures.PixelSpacing = [0.7, 0.7]
+  ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence = pydicom.Sequence([measures])
+  own = pydicom.Dataset()
+  own.PixelSpacing = [0.4, 0.45]
+  ds.PerFrameFunctionalGroupsSequence[1].PixelMeasuresSequence = pydicom.Sequence([own])
+  ds.save_as(path)
+  first, second = _read(path)
+  assert first.pixel_mm == (0.7, 0.7) and second.pixel_mm == (0.4, 0.45)
+
+
+def test_package_ct_slices_carry_their_spacing():
+  """The real CT slices pydicom and pydicom-data ship (the transfer benchmark's)."""
+  from pydicom import data as pydicom_data  # pylint: disable=g-import-not-at-top
+  (small,) = _read(pydicom_data.get_testdata_file('CT_small.dcm'))
+  assert small.pixel_mm == pytest.approx((0.661468, 0.661468))
+  assert small.pixels.shape == (128, 128)
+
+
 def test_folder_series_is_ordered_along_the_slice_normal(tmp_path, write_ct_dicom):
   series = tmp_path / 'series'
   series.mkdir()

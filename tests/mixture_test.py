@@ -18,7 +18,6 @@ def data_dir(tiny_data_dir):
 
 def _data_config(data_dir, selection_path):
   config = tiny_train_config.get_config(data_dir)
-  config.data.random_crop = False
   config.data.random_flip = False
   config.data.pseudo_labels = selection_path
   return config.data
@@ -60,11 +59,10 @@ def test_soft_selection_batches_carry_targets_weights_and_unlabeled_images(
       assert batch['weight'][row] == np.float32(0.3) and batch['is_pseudo'][row]
       np.testing.assert_allclose(batch['target_probs'][row], selection['target_probs'][j],
                                  rtol=1e-6)
-    expected = preprocess.train_crop(
-        example['image'], image_size=data_config.image_size,
-        crop_fraction=data_config.crop_fraction, random_crop=False, random_flip=False,
-        rng=np.random.default_rng(0))
-    np.testing.assert_array_equal(batch['image'][row], expected)
+    # Tiles of the slice's own side: the whole slice, pixel for pixel.
+    assert np.shape(example['image'])[:2] == (data_config.image_size,) * 2
+    np.testing.assert_array_equal(batch['image'][row, ..., 0],
+                                  preprocess.as_slice(example['image']))
   assert batch['is_pseudo'].sum() == 2
 
 

@@ -15,6 +15,7 @@ from mdiqa_jax.data import pipeline
 from mdiqa_jax.data import preprocess
 
 from child_process import TESTS_DIR, child_env
+import reference_pooling
 import tiny_semi_config
 
 
@@ -110,19 +111,27 @@ def test_rerunning_a_finished_pipeline_skips_every_stage(pipeline_run):
 
 
 def test_pseudo_labels_equal_mean_of_independent_teacher_predictions(pipeline_run):
-  """Each teacher applied slice by slice (numpy preprocessing), averaged with numpy."""
+  """Each teacher applied to each whole slice (one tile: slice side = tile side),
+  its patches pooled by weight and body fraction with numpy, averaged with numpy."""
   config = pipeline_run['config']
   source = pipeline.open_source(config.data, config.data.unlabeled_split)
-  images = np.stack([preprocess.eval_crops(
-      source[i]['image'], image_size=config.data.image_size,
-      crop_fraction=config.data.crop_fraction, num_crops=1)[0] for i in range(len(source))])
+  images = np.stack([preprocess.as_slice(source[i]['image']) for i in range(len(source))])
+  assert images.shape[1:] == (config.data.image_size,) * 2
+  patch = config.model.vit.patch_size
+  grid = config.data.image_size // patch
+  fractions = [reference_pooling.patch_body(reference_pooling.body_mask(image), 0, 0, grid,
+                                            patch) for image in images]
+  centers = np.arange(21) * 0.2
   scores, probs = [], []
   for teacher_dir in pipeline_run['teacher_dirs']:
     teacher_config, params = checkpointing.load_for_inference(teacher_dir)
     model = models.create_model(teacher_config)
-    outputs = jax.jit(model.apply)({'params': params}, images)
-    scores.append(np.asarray(outputs['score'], np.float64))
-    probs.append(np.exp(np.asarray(outputs['log_probs'], np.float64)))
+    outputs = jax.device_get(jax.jit(model.apply)({'params': params}, images[..., None]))
+    pooled = [reference_pooling.pool(outputs['patch_weights'][i], fractions[i],
+                                     outputs['patch_log_probs'][i], centers)
+              for i in range(len(images))]
+    scores.append(np.array([score for score, _ in pooled]))
+    probs.append(np.stack([p for _, p in pooled]))
   assert not np.allclose(scores[0], scores[1])  # Two different teachers.
   data = semi.load_pseudo_label_dataset(pipeline_run['pseudo_dir'])
   np.testing.assert_array_equal(data['index'], np.arange(len(source)))
