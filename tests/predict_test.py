@@ -15,6 +15,8 @@ from PIL import Image
 from mdiqa_jax import models
 from mdiqa_jax import predict
 
+import reference_pooling
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,13 +41,6 @@ def _reference_outputs(checkpoint, views):
   return jax.device_get(apply(checkpoint.params, jnp.asarray(views)))
 
 
-def _reference_body(unit):
-  """7 x 7 mean (zero padding) above 0.007, the body rule, one pixel at a time."""
-  padded = np.pad(unit.astype(np.float64), 3)
-  return np.array([[padded[i:i + 7, j:j + 7].mean() > 0.007 for j in range(unit.shape[1])]
-                   for i in range(unit.shape[0])])
-
-
 def _predict_rows(checkpoint, paths, **kwargs):
   return predict.predict_paths(checkpoint.config, checkpoint.params, paths, **kwargs)
 
@@ -56,19 +51,17 @@ def test_score_pools_the_model_over_native_tiles_by_weight_and_body(tiny_checkpo
   (row,), failures = _predict_rows(tiny_checkpoint, [str(tmp_path / 'slice.npy')])
   assert not failures
   # 64-pixel tiles at rows {0, 56} x columns {0, 36}: native pixels, no resizing.
-  unit, body = _window(hu), _reference_body(_window(hu))
+  unit = _window(hu)
+  body = reference_pooling.body_mask(unit)
   origins = [(0, 0), (0, 36), (56, 0), (56, 36)]
   tiles = np.stack([unit[t:t + 64, l:l + 64] for t, l in origins])[..., None]
   outputs = _reference_outputs(tiny_checkpoint, tiles)
-  pooled, total = 0.0, 0.0
-  for index, (top, left) in enumerate(origins):
-    for i in range(4):
-      for j in range(4):
-        patch_body = body[top + 16 * i:top + 16 * i + 16, left + 16 * j:left + 16 * j + 16].mean()
-        weight = float(outputs['patch_weights'][index, i, j]) * patch_body
-        pooled += weight * float(outputs['patch_scores'][index, i, j])
-        total += weight
-  assert row['score'] == pytest.approx(pooled / total, abs=1e-4)
+  fractions = np.stack([reference_pooling.patch_body(body, t, l, 4, 16) for t, l in origins])
+  score, probs = reference_pooling.pool(outputs['patch_weights'], fractions,
+                                        outputs['patch_log_probs'], np.arange(21) * 0.2)
+  assert row['score'] == pytest.approx(score, abs=1e-4)
+  for k in range(3):
+    assert row[f'scale_score_{k}'] == pytest.approx(probs[k] @ (np.arange(21) * 0.2), abs=1e-4)
   assert row['uncertainty'] > 0 and row['num_tiles'] == 4 and row['pixel_mm'] == '0.75'
   assert (row['file'], row['slice'], row['height'], row['width'], row['intensity']) == (
       str(tmp_path / 'slice.npy'), 0, 120, 100, 'hu')
@@ -250,7 +243,7 @@ def test_heatmaps_one_png_per_slice_and_no_overwrite(tiny_checkpoint, tmp_path):
                         on_prediction=lambda key, prediction: maps.append(prediction))
   for prediction in maps:
     assert prediction['score_map'].shape == prediction['image'].shape == (72, 64)
-    body = _reference_body(prediction['image'])
+    body = reference_pooling.body_mask(prediction['image'])
     assert np.isfinite(prediction['score_map'][body]).all()
     assert prediction['weight_map'].sum() == pytest.approx(1.0, abs=1e-4)
   again = _options(tiny_checkpoint.workdir, [tmp_path / 'stack.npy'], heatmap=str(heatmaps),
