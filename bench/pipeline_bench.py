@@ -1,18 +1,20 @@
 r"""Times building the default dataset and reading it through the input pipeline.
 
-1. Build `ldct_iqa_synthetic/small` (the default) from scratch into a fresh
+1. Build the default dataset (config.data.name) from scratch into a fresh
    temporary data_dir: wall time, simulated examples per second, and CPU
    time (this process + its worker processes): on a shared machine the wall
    time depends on the load; CPU time / number of CPUs is the build time on
    otherwise idle cores.
-2. Train iterator (batch --batch_size at config.data.image_size, random crops
-   and flips): examples per second over --batches batches after --warmup
-   untimed ones, in-process (num_workers=0) and with worker processes.
-3. One eval pass over the validation split (crops 1 and 5): examples/s.
+2. Train iterator (batch --batch_size of config.data.image_size native tiles
+   inside the body, flips): examples per second over --batches batches after
+   --warmup untimed ones, in-process (num_workers=0) and with worker processes.
+3. The evaluation read pass over the validation split: reading every slice and
+   cutting it into scoring tiles (`preprocess.cut_tiles`), slices/s and tiles
+   per slice (the model's time is in predict_bench).
 
 Prints a table and writes bench/results/pipeline_bench.json.
 
-  python bench/pipeline_bench.py [--dataset=ldct_iqa_synthetic/small]
+  python bench/pipeline_bench.py [--dataset=ldct_iqa_synthetic/clinical]
 """
 import os
 import resource
@@ -30,8 +32,9 @@ import tensorflow_datasets as tfds
 import bench_common
 from mdiqa_jax import config_base
 from mdiqa_jax.data import pipeline
+from mdiqa_jax.data import preprocess
 
-_DATASET = flags.DEFINE_string('dataset', 'ldct_iqa_synthetic/small',
+_DATASET = flags.DEFINE_string('dataset', config_base.base_config().data.name,
                                'TFDS name[/config] to build and read.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Per-host batch size.')
 _BATCHES = flags.DEFINE_integer('batches', 100, 'Timed train batches.')
@@ -87,15 +90,18 @@ def _time_train(data_config, num_workers: int) -> dict:
           'batch_image_shape': list(batch['image'].shape)}
 
 
-def _time_eval(data_config, crops: int) -> dict:
+def _time_eval(data_config) -> dict:
   start = time.perf_counter()
-  rows = 0
-  for batch in pipeline.create_eval_iterator(
-      data_config, data_config.eval_split, batch_size_per_host=_BATCH_SIZE.value,
-      process_index=0, process_count=1, crops=crops):
-    rows += int(batch['valid'].sum())
+  slices = tiles = 0
+  for _, example in pipeline.host_examples(data_config, data_config.eval_split,
+                                           process_index=0, process_count=1):
+    tiles += len(preprocess.cut_tiles(
+        example['image'], tile_size=data_config.image_size, patch_size=16,
+        min_body_fraction=data_config.min_body_fraction).images)
+    slices += 1
   seconds = time.perf_counter() - start
-  return {'crops': crops, 'examples': rows, 'examples_per_second': rows / seconds}
+  return {'slices': slices, 'slices_per_second': slices / seconds,
+          'tiles_per_slice': tiles / slices}
 
 
 def main(argv):
@@ -118,11 +124,9 @@ def main(argv):
       print(f'train iterator, num_workers={workers}: '
             f'{train[-1]["examples_per_second"]:.0f} examples/s '
             f'(batch {train[-1]["batch_image_shape"]})')
-    evaluation = []
-    for crops in (1, 5):
-      evaluation.append(_time_eval(data_config, crops))
-      print(f'eval pass, crops={crops}: '
-            f'{evaluation[-1]["examples_per_second"]:.0f} examples/s')
+    evaluation = _time_eval(data_config)
+    print(f'eval read pass: {evaluation["slices_per_second"]:.0f} slices/s, '
+          f'{evaluation["tiles_per_slice"]:.1f} tiles per slice')
   finally:
     shutil.rmtree(data_dir)
   result = {
@@ -135,7 +139,6 @@ def main(argv):
                    'grain': grain.__version__,
                    'jax': jax.__version__, 'numpy': np.__version__},
       'image_size': data_config.image_size,
-      'crop_fraction': pipeline.DEFAULT_CROP_FRACTION,
       'batch_size': _BATCH_SIZE.value,
       'timed_batches': _BATCHES.value,
       'build': build,

@@ -1,14 +1,16 @@
 r"""Throughput of mdiqa-predict on CPU: slices per second, end to end and by stage.
 
 For each --format (npy and dicom by default), writes --num_slices synthetic
-512 x 512 CT slices (int16 HU, a noisy soft-tissue ellipse in air) as one
-file each, then times with the default config's model (random weights
-unless --checkpoint is given; speed does not depend on the weights):
+512 x 512 CT slices at 0.75 mm (int16 HU, a noisy soft-tissue ellipse in air
+filling the field of view like an abdomen) as one file each, then times with
+the default config's model (random weights unless --checkpoint is given;
+speed does not depend on the weights):
   end_to_end   predict.predict_paths over the folder (listing, reading,
-               windowing, crop + resize, jitted inference in batches), after a
-               warm-up run that compiles every batch shape;
-  read         reading + windowing + `preprocess.eval_crops` only;
-  inference    the jitted model on full batches of preprocessed inputs only.
+               windowing, native tiles over the whole body, jitted inference
+               in tile batches, pooling), after a warm-up run that compiles
+               every batch shape;
+  read         reading + windowing + `preprocess.cut_tiles` only;
+  inference    the jitted model on full tile batches only (tiles/s).
 Prints a summary and writes bench/results/predict_bench.json.
 
   python bench/predict_bench.py [--num_slices=64] [--batch_size=32] [--format=npy]
@@ -26,12 +28,13 @@ import bench_common
 from mdiqa_jax import io as ct_io
 from mdiqa_jax import models
 from mdiqa_jax import predict
+from mdiqa_jax import slice_scoring
 from mdiqa_jax import train_step
 from mdiqa_jax.config_base import base_config
 from mdiqa_jax.data import preprocess
 
 _NUM_SLICES = flags.DEFINE_integer('num_slices', 64, 'Slices scored per timed run.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Slices per jitted call.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Tiles per jitted call.')
 _FORMATS = flags.DEFINE_multi_enum('format', ['npy', 'dicom'], ['npy', 'dicom'],
                                    'File formats of the slices, each timed separately.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None,
@@ -64,6 +67,7 @@ def _write_dicom(path: str, hu: np.ndarray, number: int) -> None:
   ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
   ds.ImagePositionPatient = [0.0, 0.0, float(number)]
   ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
+  ds.PixelSpacing = [0.75, 0.75]
   ds.Rows = ds.Columns = _SIDE
   ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, 'MONOCHROME2'
   ds.BitsAllocated = ds.BitsStored = 16
@@ -98,7 +102,7 @@ def main(argv):
     params = jax.device_get(jax.jit(train_step.init_params, static_argnums=(0, 2))(
         model, jax.random.PRNGKey(0), config.data.image_size))
   preprocessing = predict.Preprocessing.from_config(config)
-  predict_fn = predict.make_predict_fn(models.create_model(config))
+  predict_fn = slice_scoring.make_tile_predict_fn(models.create_model(config))
   batch_size, count = _BATCH_SIZE.value, _NUM_SLICES.value
 
   by_format = {}
@@ -114,15 +118,16 @@ def main(argv):
 
       def read_all():
         found = ct_io.find_inputs([folder])  # pylint: disable=cell-var-from-loop
-        return [preprocess.eval_crops(ct_io.to_unit(s), image_size=preprocessing.image_size,
-                                      crop_fraction=preprocessing.crop_fraction,
-                                      num_crops=preprocessing.crops)
+        return [preprocess.cut_tiles(ct_io.to_unit(s), tile_size=preprocessing.tile_size,
+                                     patch_size=preprocessing.patch_size,
+                                     min_body_fraction=preprocessing.min_body_fraction).images
                 for path, kind in found.files for s in ct_io.read_file(path, kind)]
       read_s, views = _timed(read_all)
+      tiles_per_slice = sum(len(v) for v in views) / len(views)
     by_format[file_format] = {'end_to_end_slices_per_s': count / end_to_end_s,
                               'read_preprocess_slices_per_s': count / read_s}
 
-  batch = jax.device_put(np.concatenate([views[i % len(views)] for i in range(batch_size)]))
+  batch = jax.device_put(np.concatenate(views)[:batch_size])
   jax.block_until_ready(predict_fn(params, batch))
   repeats = max(1, count // batch_size)
   inference_s, _ = _timed(lambda: [jax.block_until_ready(predict_fn(params, batch))
@@ -133,16 +138,17 @@ def main(argv):
       'slice_side': _SIDE,
       'num_slices': count,
       'batch_size': batch_size,
-      'image_size': preprocessing.image_size,
-      'crops': preprocessing.crops,
+      'tile_size': preprocessing.tile_size,
+      'tiles_per_slice': tiles_per_slice,
       'num_params': models.count_params(params),
       'weights': _CHECKPOINT.value or 'random (default config)',
-      'inference_slices_per_s': repeats * batch_size / inference_s,
+      'inference_tiles_per_s': repeats * batch_size / inference_s,
       'by_format': by_format,
   }
   print(f"{results['device']} ({results['cpu_count']} CPUs), {count} slices "
-        f"{_SIDE}x{_SIDE} -> {preprocessing.image_size}, batch {batch_size}: inference only "
-        f"{results['inference_slices_per_s']:.1f} slices/s")
+        f"{_SIDE}x{_SIDE}, {tiles_per_slice:.1f} tiles of {preprocessing.tile_size} px per "
+        f"slice, batch {batch_size}: inference only {results['inference_tiles_per_s']:.1f} "
+        "tiles/s")
   for file_format, rates in by_format.items():
     print(f"  {file_format:6s} end to end {rates['end_to_end_slices_per_s']:7.1f} slices/s, "
           f"read + preprocess {rates['read_preprocess_slices_per_s']:7.1f} slices/s")
