@@ -3,10 +3,12 @@ r"""Does a trained model's score fall with dose? (issue 7, must-show 3)
 Takes a training workdir (trains the --config there first when it holds no
 checkpoint, with `train.train_and_evaluate`), then scans --num_slices slices
 of the synthetic dataset's test patients at each --doses level (full view
-count) with the project simulator (`synthetic.simulate_scan`, the same
-physics and spec the training data came from), stores each reconstruction as
-a float32 HU .npy file and scores the folder with `predict.predict_paths`,
-i.e. through the reading, windowing and preprocessing of mdiqa-predict.
+count, the slice's own kernel and thickness) with the project simulator
+(`synthetic.simulate_scans`: one projection per slice, the physics and spec
+the training data came from), stores each reconstruction as a CT DICOM with
+its pixel spacing and scores the folder with `predict.predict_paths`, i.e.
+through the reading, windowing and whole-slice native scoring of
+mdiqa-predict.
 
 Reports (printed and written as JSON):
   spearman_score_dose         Spearman between score and dose over all scans;
@@ -21,7 +23,7 @@ Reports (printed and written as JSON):
                               radiologists' mean score (sanity check).
 
   python bench/dose_monotonicity.py --workdir=/tmp/mdiqa_default \
-      [--config=configs/default.py] [--num_slices=40] [--crops=1]
+      [--config=configs/default.py] [--num_slices=40]
 """
 import json
 import os
@@ -36,6 +38,7 @@ import numpy as np
 from scipy import stats
 
 import bench_common
+import independent_ct_simulator
 from mdiqa_jax import checkpointing
 from mdiqa_jax import predict
 from mdiqa_jax import train
@@ -50,10 +53,8 @@ _NUM_SLICES = flags.DEFINE_integer('num_slices', 40, 'Slices scanned at every do
 _DOSES = flags.DEFINE_list('doses', ['1.0', '0.75', '0.5', '0.25'], 'Dose fractions.')
 _SYNTHETIC = flags.DEFINE_string(
     'synthetic', None, "Synthetic dataset config whose physics and patients are scanned "
-    "('small', 'challenge'); default: the one config.data.name names.")
+    "('clinical', 'challenge'); default: the one config.data.name names.")
 _SPLIT = flags.DEFINE_string('split', 'test', 'Synthetic split whose patients are scanned.')
-_CROPS = flags.DEFINE_integer('crops', None, 'Test-time views per slice (1 or 5); '
-                              "default: the run's config.data.test_crops.")
 _OUTPUT = flags.DEFINE_string(
     'output', os.path.join(os.path.dirname(__file__), 'results', 'dose_monotonicity.json'),
     'JSON file to write.')
@@ -81,7 +82,7 @@ def _synthetic_spec(data_name: str) -> synthetic.SyntheticSpec:
 
 def _simulate(spec: synthetic.SyntheticSpec, split: str, num_slices: int,
               doses: list[float], folder: str) -> dict[str, dict]:
-  """Writes <slice>_<dose>.npy (HU) per scan; returns file -> facts about it."""
+  """Writes <slice>_<dose>.dcm (HU, PixelSpacing) per scan; returns file -> facts."""
   available = synthetic.split_sizes(spec)[split]
   if num_slices > available:
     raise ValueError(f'--num_slices={num_slices} exceeds the {available} slices of '
@@ -90,11 +91,16 @@ def _simulate(spec: synthetic.SyntheticSpec, split: str, num_slices: int,
   scans = {}
   for index in range(num_slices):
     patient, slice_index = divmod(index, spec.slices_per_patient)
-    for dose in doses:
-      scan = synthetic.simulate_scan(spec, split, patient, slice_index, dose,
-                                     spec.num_views_full, panel)
-      path = os.path.join(folder, f'{index:04d}_dose{dose:.4f}.npy')
-      np.save(path, scan.image_hu.astype(np.float32))
+    drawn = synthetic.sample_degradations(spec, split, patient, slice_index)[0]
+    degradations = tuple(synthetic.Degradation(dose, spec.num_views_full, drawn.kernel,
+                                               drawn.slice_thickness_mm) for dose in doses)
+    for dose, scan in zip(doses, synthetic.simulate_scans(spec, split, patient, slice_index,
+                                                           degradations, panel)):
+      path = os.path.join(folder, f'{index:04d}_dose{dose:.4f}.dcm')
+      independent_ct_simulator.write_ct_dicom(
+          path, scan.image_hu, float(scan.example['pixel_mm']),
+          description=f'synthetic {split} slice {index}, dose {dose:g}',
+          study_key=('dose-monotonicity', str(index)), instance_key=(str(index), f'{dose:g}'))
       scans[path] = {'slice': index, 'dose': dose, 'label': float(scan.example['score'])}
   return scans
 
@@ -145,8 +151,6 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, workdir)
   trained_s = time.time() - started
   config, params = predict.load_checkpoint(workdir)
-  if _CROPS.value is not None:
-    config.data.test_crops = _CROPS.value
   spec = _synthetic_spec(config.data.name)
   doses = [float(d) for d in _DOSES.value]
   with tempfile.TemporaryDirectory() as folder:
@@ -159,7 +163,6 @@ def main(argv):
       'workdir': os.path.abspath(workdir),
       'dataset': config.data.name,
       'split': _SPLIT.value,
-      'crops': int(config.data.test_crops),
       'views': spec.num_views_full,
       'trained_in_this_run': trained_here,
       'train_seconds': trained_s,
