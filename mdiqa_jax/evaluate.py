@@ -40,11 +40,6 @@ from mdiqa_jax.data import pipeline
 Predictions = Dict[str, np.ndarray]
 
 
-def make_predict_fn(model) -> slice_scoring.TilePredictFn:
-  """The jitted tile predictor every scoring path shares (`slice_scoring`)."""
-  return slice_scoring.make_tile_predict_fn(model)
-
-
 def predict_split(config: ml_collections.ConfigDict, params: Any, split: str, *,
                   predict_fn: Optional[slice_scoring.TilePredictFn] = None,
                   show_progress: bool = False) -> Predictions:
@@ -56,7 +51,7 @@ def predict_split(config: ml_collections.ConfigDict, params: Any, split: str, *,
     config: the run config (data, model, eval_batch_size = tiles per call).
     params: model parameters (host or device arrays).
     split: TFDS split name (slicing allowed).
-    predict_fn: from make_predict_fn (built from config when None).
+    predict_fn: from slice_scoring.make_tile_predict_fn (built from config when None).
     show_progress: tqdm bar with ETA on process 0.
   Returns:
     numpy arrays ordered by 'index' (position in the split): 'index' (N,)
@@ -71,7 +66,7 @@ def predict_split(config: ml_collections.ConfigDict, params: Any, split: str, *,
         f'config.eval_batch_size={tile_batch} (tiles per call) must be a multiple of the '
         f'number of local devices ({len(local_devices)}).')
   if predict_fn is None:
-    predict_fn = make_predict_fn(models.create_model(config))
+    predict_fn = slice_scoring.make_tile_predict_fn(models.create_model(config))
   preprocessing = slice_scoring.Preprocessing.from_config(config)
   mesh = Mesh(np.asarray(local_devices), ('batch',))
   params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
@@ -184,7 +179,7 @@ def evaluate_checkpoint(path: str, split: str, *,
 
   Writes the report (process 0) into output_dir (default
   <workdir>/eval_<split>) and returns the metrics. `predict_fn` (from
-  make_predict_fn of the same model) saves a compilation when the caller has one.
+  slice_scoring.make_tile_predict_fn of the same model) saves a compilation when the caller has one.
   """
   workdir, step = checkpointing.resolve_checkpoint(path)
   config, params = checkpointing.load_for_inference(path)

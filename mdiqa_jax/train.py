@@ -42,6 +42,7 @@ from mdiqa_jax import evaluate
 from mdiqa_jax import losses
 from mdiqa_jax import models
 from mdiqa_jax import optim
+from mdiqa_jax import slice_scoring
 from mdiqa_jax import train_step as train_step_lib
 from mdiqa_jax.data import pipeline
 
@@ -207,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   eval_enabled = config.eval_every_steps > 0 and _split_exists(config.data,
                                                                config.data.eval_split)
-  predict_fn = evaluate.make_predict_fn(model)
+  predict_fn = slice_scoring.make_tile_predict_fn(model)
   writer = SummaryWriter(workdir)
   buffer = _MetricsBuffer(parallel)
   result = {'step': start_step, 'preempted': False, 'validation': None, 'test': None}
