@@ -87,3 +87,31 @@ def test_supersampling_gives_partial_volume_edges():
   # Area averaging creates intermediate values at the skin-air edge.
   edge_values = lambda hu: ((hu > -900) & (hu < -200)).sum()
   assert edge_values(smooth.hu) > edge_values(sharp.hu)
+
+
+def test_edge_supersampling_equals_area_averaging_every_pixel(monkeypatch):
+  """Supersampling only the pixels near a boundary gives the image (and the
+  pure-tissue masks) of averaging s x s sub-pixels in every pixel: the
+  brute-force render at s times the resolution, block-averaged. Textures
+  are switched off (they are shared by a pixel's sub-pixels by design)."""
+  for name, (mean, spread, _, grain) in phantoms.TISSUES.items():
+    monkeypatch.setitem(phantoms.TISSUES, name, (mean, spread, 0.0, grain))
+  supersample = 3
+  patient = _patient(6)
+  slice_ = _render(patient, supersample=supersample)
+  fine = phantoms.render_slice(patient, 0.0, image_size=SIZE * supersample,
+                               pixel_size_mm=PIXEL_MM / supersample,
+                               supersample=1)
+  blocks = fine.hu.reshape(SIZE, supersample, SIZE, supersample)
+  np.testing.assert_allclose(slice_.hu, blocks.mean(axis=(1, 3)), atol=1e-3)
+  for name in ('body', 'liver', 'muscle'):
+    fine_mask = fine.masks[name].reshape(SIZE, supersample, SIZE, supersample)
+    np.testing.assert_array_equal(slice_.masks[name], fine_mask.all(axis=(1, 3)))
+
+
+def test_body_width_is_the_outline_width():
+  patient = _patient(7)
+  body = _render(patient, supersample=1).masks['body']
+  columns = np.flatnonzero(body.any(axis=0))
+  width_mm = (columns[-1] - columns[0] + 1) * PIXEL_MM
+  assert width_mm == pytest.approx(patient.body_width_mm, rel=0.1)

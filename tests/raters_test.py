@@ -53,16 +53,21 @@ def test_lesion_cnr_falls_with_noise_and_rises_with_contrast():
 
 def test_quality_falls_monotonically_with_noise_and_streaks():
   panel = raters.sample_panel(5, np.random.default_rng(2))
-  levels = [5.0, 11.0, 15.0, 25.0, 50.0, 100.0, 200.0]
+  reference = raters.REFERENCE_NOISE_HU
+  levels = [0.5 * reference, reference] + [
+      reference * factor for factor in (1.4, 2.0, 4.0, 8.0, 16.0)]
   for rater in panel:
     by_noise = [raters.quality(raters.Measurements(n, 0.0, math.inf), rater)
                 for n in levels]
-    by_streak = [raters.quality(raters.Measurements(15.0, s, math.inf), rater)
-                 for s in levels]
+    by_streak = [raters.quality(raters.Measurements(reference, s, math.inf),
+                                rater) for s in levels]
     assert all(np.diff(by_noise[1:]) < 0) and by_noise[0] == by_noise[1] == 4.0
     assert all(np.diff(by_streak) < 0)
-    invisible = raters.quality(raters.Measurements(15.0, 0.0, 0.5), rater)
-    assert invisible < by_noise[2]  # An undetectable lesion costs points.
+    invisible = raters.quality(raters.Measurements(reference, 0.0, 0.5), rater)
+    assert invisible < by_noise[1]  # An undetectable lesion costs points.
+    # Each doubling of the artefacts costs about SLOPE points.
+    assert by_noise[3] - by_noise[4] == pytest.approx(
+        rater.sensitivity * raters.SLOPE)
 
 
 def test_rate_gives_integer_scores_in_likert_range():

@@ -1,5 +1,6 @@
 """The synthetic TFDS builder: registration, build, read-back, determinism."""
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -10,11 +11,13 @@ from mdiqa_jax.data import pipeline
 from mdiqa_jax.data import synthetic
 from mdiqa_jax.data import synthetic_builder
 
-# Smallest spec the simulator runs quickly: every split, every kind of example.
+# Smallest spec the simulator runs quickly: every split, every kind of example
+# (coarse pixels, so the phantom fits in 32 px).
 _TINY_SPEC = dataclasses.replace(
-    synthetic.SMALL_SPEC, image_size=32, num_views_full=48,
+    synthetic.CLINICAL_SPEC, image_size=32, num_views_full=48,
     split_patients={'train': 2, 'validation': 1, 'test': 1, 'unlabeled': 1},
-    slices_per_patient=1, dose_fractions=(1.0, 0.25), sparse_views=(16,), seed=3)
+    slices_per_patient=1, dose_fractions=(1.0, 0.25), sparse_views=(16,),
+    pixel_mm_range=(9.0, 15.0), seed=3)
 
 
 def _build(tmp_path, name, num_processes):
@@ -37,13 +40,15 @@ def built(tmp_path_factory):
 
 
 def test_importing_the_package_registers_both_configs(tmp_path):
-  small = tfds.builder('ldct_iqa_synthetic/small', data_dir=str(tmp_path))
-  size = synthetic.SMALL_SPEC.image_size
-  assert small.info.features['image'].shape == (size, size, 1)
-  assert small.info.features['rater_scores'].shape == (
-      synthetic.SMALL_SPEC.num_raters,)
+  clinical = tfds.builder('ldct_iqa_synthetic/clinical', data_dir=str(tmp_path))
+  assert clinical.info.features['image'].shape == (512, 512, 1)
+  assert clinical.info.features['image'].np_dtype == np.uint8
+  assert clinical.info.features['rater_scores'].shape == (
+      synthetic.CLINICAL_SPEC.num_raters,)
+  assert clinical.builder_config.spec == synthetic.CLINICAL_SPEC
+  assert str(clinical.info.version) == '2.0.0'
   default = tfds.builder('ldct_iqa_synthetic', data_dir=str(tmp_path))
-  assert default.builder_config.name == 'small'
+  assert default.builder_config.name == 'clinical'
   challenge = tfds.builder('ldct_iqa_synthetic/challenge', data_dir=str(tmp_path))
   assert challenge.info.features['image'].shape == (512, 512, 1)
   assert challenge.builder_config.spec == synthetic.CHALLENGE_SPEC
@@ -56,13 +61,16 @@ def test_split_sizes_shapes_and_dtypes(built):
     examples = _read_all(built, split)
     assert len(examples) == expected_sizes[split]
     for example in examples:
+      assert isinstance(example['image'], np.ndarray)
       assert example['image'].shape == (32, 32, 1)
-      assert example['image'].dtype == np.float32
-      assert 0.0 <= example['image'].min() and example['image'].max() <= 1.0
+      assert example['image'].dtype == np.uint8
       assert example['rater_scores'].shape == (_TINY_SPEC.num_raters,)
       assert example['rater_scores'].dtype == np.float32
-      assert isinstance(example['score'], float)
-      assert isinstance(example['dose_fraction'], float)
+      for name in ('score', 'dose_fraction', 'pixel_mm', 'slice_thickness_mm'):
+        assert isinstance(example[name], float), name
+      assert _TINY_SPEC.pixel_mm_range[0] <= example['pixel_mm'] <= (
+          _TINY_SPEC.pixel_mm_range[1])
+      assert example['kernel'].decode() in _TINY_SPEC.kernels
       assert isinstance(example['views'], int)
       assert isinstance(example['slice_index'], int)
       assert isinstance(example['patient_id'], bytes)
@@ -84,6 +92,16 @@ def test_stored_examples_equal_the_simulator_output(built):
       np.testing.assert_array_equal(match['image'], example['image'])
       np.testing.assert_array_equal(match['rater_scores'], example['rater_scores'])
       assert np.float32(match['score']) == np.float32(example['score'])
+      assert np.float32(match['pixel_mm']) == example['pixel_mm']
+      assert match['kernel'].decode() == example['kernel']
+
+
+def test_images_decode_to_uint8_without_tensorflow(built):
+  """The PNG images come back from the data source as uint8 arrays, and
+  neither building nor reading imported TensorFlow."""
+  image = built.as_data_source('test')[0]['image']
+  assert isinstance(image, np.ndarray) and image.dtype == np.uint8
+  assert 'tensorflow' not in sys.modules
 
 
 def test_patients_are_disjoint_across_splits(built):
@@ -105,12 +123,13 @@ def test_build_is_deterministic_whatever_the_number_of_processes(built, tmp_path
 
 def test_pipeline_batches_carry_every_numeric_feature(built):
   dataset = pipeline.train_dataset_from_source(
-      built.as_data_source('train'), image_size=32, crop_fraction=0.875,
-      random_crop=True, random_flip=True, batch_size_per_host=2, seed=0,
+      built.as_data_source('train'), image_size=32, min_body_fraction=0.0,
+      random_flip=True, batch_size_per_host=2, seed=0,
       process_index=0, process_count=1)
   batch = dataset[0]
   assert set(batch) == {'image', 'score', 'rater_scores', 'dose_fraction',
-                        'views', 'slice_index', 'index'}
+                        'views', 'pixel_mm', 'slice_thickness_mm',
+                        'slice_index', 'index'}
   assert batch['image'].shape == (2, 32, 32, 1)
   assert batch['rater_scores'].shape == (2, _TINY_SPEC.num_raters)
   assert batch['rater_scores'].dtype == np.float32

@@ -5,48 +5,94 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from mdiqa_jax.data import acquisition
 from mdiqa_jax.data import synthetic
 
-# A quick 64-px dataset for format and determinism checks.
-TINY_SPEC = synthetic.SyntheticSpec(
+# A quick 64-px dataset (coarse pixels, so the phantom fits) for format and
+# determinism checks.
+TINY_SPEC = dataclasses.replace(
+    synthetic.CLINICAL_SPEC,
     image_size=64,
     num_views_full=128,
     split_patients={'train': 3, 'validation': 2, 'test': 2, 'unlabeled': 2},
     slices_per_patient=2,
     dose_fractions=(1.0, 0.5, 0.25),
     sparse_views=(16, 32),
-    photons_per_bin=3e4,
+    pixel_mm_range=(4.5, 7.5),
     seed=7,
 )
+CLINICAL = synthetic.CLINICAL_SPEC
 
 
-def test_split_sizes_are_patients_times_slices():
+def test_split_sizes_are_patients_times_slices_times_degradations():
   assert synthetic.split_sizes(TINY_SPEC) == {
-      'train': 6, 'validation': 4, 'test': 4, 'unlabeled': 4}
-  small = synthetic.split_sizes(synthetic.SMALL_SPEC)
+      'train': 12, 'validation': 8, 'test': 8, 'unlabeled': 8}
+  clinical = synthetic.split_sizes(CLINICAL)
   challenge = synthetic.split_sizes(synthetic.CHALLENGE_SPEC)
   assert (challenge['train'], challenge['validation'], challenge['test']) == (
       1000, 200, 300)
-  assert sum(small.values()) > 1000
+  assert clinical['test'] >= 128 and clinical['train'] >= 256
+  assert synthetic.CHALLENGE_SPEC.image_size == CLINICAL.image_size == 512
 
 
 def test_example_has_the_documented_fields():
-  key, example = synthetic.generate_example(TINY_SPEC, 'train', 3)
-  assert key == 'train-00001-001'
+  key, example = synthetic.generate_example(TINY_SPEC, 'train', 7)
+  assert key == 'train-00001-001-1'
   assert set(example) == {'image', 'score', 'rater_scores', 'dose_fraction',
-                          'views', 'patient_id', 'slice_index'}
+                          'views', 'pixel_mm', 'slice_thickness_mm', 'kernel',
+                          'patient_id', 'slice_index'}
   assert example['image'].shape == (64, 64, 1)
-  assert example['image'].dtype == np.float32
-  assert 0.0 <= example['image'].min() and example['image'].max() <= 1.0
+  assert example['image'].dtype == np.uint8
   assert example['rater_scores'].shape == (5,)
   assert example['rater_scores'].dtype == np.float32
-  assert example['score'].dtype == np.float32
-  assert example['dose_fraction'].dtype == np.float32
+  for name in ('score', 'dose_fraction', 'pixel_mm', 'slice_thickness_mm'):
+    assert example[name].dtype == np.float32, name
   assert example['views'].dtype == np.int32
   assert example['slice_index'] == 1
   assert example['patient_id'] == 'train-00001'
+  assert example['kernel'] in acquisition.FILTERS
+  assert float(example['slice_thickness_mm']) in TINY_SPEC.slice_thicknesses_mm
   assert (float(example['dose_fraction']), int(example['views'])) in (
       synthetic.degradation_grid(TINY_SPEC))
+
+
+def test_stored_image_is_the_windowed_reconstruction_in_255_steps():
+  spec = TINY_SPEC
+  scan = synthetic.simulate_scan(spec, 'test', 1, 0, 0.5, 32)
+  unit = np.clip((scan.image_hu - (spec.window_level - spec.window_width / 2))
+                 / spec.window_width, 0.0, 1.0)
+  np.testing.assert_array_equal(scan.example['image'][..., 0],
+                                np.round(unit * 255.0).astype(np.uint8))
+
+
+def test_degradations_of_a_slice_share_anatomy_and_reconstruction():
+  """A rendered slice's examples: distinct grid cells, one kernel and one
+  thickness, the same patient, slice and spacing."""
+  examples = [example for _, example in synthetic.generate_slice(
+      TINY_SPEC, 'validation', 1, 1)]
+  assert len(examples) == TINY_SPEC.degradations_per_slice == 2
+  cells = {(float(e['dose_fraction']), int(e['views'])) for e in examples}
+  assert len(cells) == 2
+  for name in ('kernel', 'slice_thickness_mm', 'pixel_mm', 'patient_id',
+               'slice_index'):
+    assert len({str(e[name]) for e in examples}) == 1, name
+
+
+def test_pixel_spacing_is_drawn_per_patient_in_the_clinical_range():
+  """Field of view fitted to the body (with a margin), clipped to
+  PIXEL_MM_RANGE: the spacing stays in range, varies between patients, and
+  the body fits in the field of view."""
+  assert synthetic.PIXEL_MM_RANGE == (0.6, 0.95) == CLINICAL.pixel_mm_range
+  spacings = []
+  for split in synthetic.SPLITS:
+    for index in range(25):
+      patient = synthetic.make_patient(CLINICAL, split, index)
+      pixel_mm = synthetic.patient_pixel_mm(CLINICAL, split, index)
+      assert 0.6 <= pixel_mm <= 0.95
+      assert patient.body_width_mm < 0.97 * CLINICAL.image_size * pixel_mm
+      spacings.append(pixel_mm)
+  assert np.ptp(spacings) > 0.2
+  assert len(set(spacings)) > 90
 
 
 def test_generation_is_deterministic_and_splits_are_patient_disjoint():
@@ -69,27 +115,31 @@ def test_generation_is_deterministic_and_splits_are_patient_disjoint():
 
 
 def test_labels_fall_monotonically_with_dose_and_views():
-  """Mean label per grid cell over 6 slices of the small dataset: Spearman
-  with dose (at full views) and with views (at full dose) is exactly 1;
-  every label is the mean of integer rater scores in 0..4."""
-  spec = synthetic.SMALL_SPEC
+  """Clinical spec, cosine kernel at 2 mm (full-dose noise above the raters'
+  'excellent' level, so that every dose step counts), mean label per grid
+  cell over 6 slices: Spearman with dose (at full views) and with views (at
+  full dose) is exactly 1; every label is the mean of integer rater scores
+  in 0..4."""
+  spec = CLINICAL
   panel = synthetic.make_panel(spec)
   worst = (min(spec.dose_fractions), min(spec.sparse_views))
   cells = [(dose, views) for dose, views in synthetic.degradation_grid(spec)
            if views == spec.num_views_full or dose == 1.0 or
            (dose, views) == worst]
-  mean_score = {}
-  for dose, views in cells:
-    scores = []
-    for patient in range(6):
-      example = synthetic.simulate_scan(spec, 'validation', patient, patient,
-                                        dose, views, panel).example
-      rater_scores = example['rater_scores']
+  degradations = tuple(synthetic.Degradation(dose, views, 'cosine', 2.0)
+                       for dose, views in cells)
+  scores = []
+  for patient in range(6):
+    scans = synthetic.simulate_scans(spec, 'validation', patient, patient % 2,
+                                     degradations, panel)
+    for scan in scans:
+      rater_scores = scan.example['rater_scores']
       np.testing.assert_array_equal(rater_scores, np.round(rater_scores))
       assert rater_scores.min() >= 0 and rater_scores.max() <= 4
-      assert example['score'] == pytest.approx(rater_scores.mean(), abs=1e-6)
-      scores.append(example['score'])
-    mean_score[dose, views] = np.mean(scores)
+      assert scan.example['score'] == pytest.approx(rater_scores.mean(),
+                                                    abs=1e-6)
+    scores.append([scan.example['score'] for scan in scans])
+  mean_score = dict(zip(cells, np.mean(scores, axis=0)))
   doses = sorted(spec.dose_fractions)
   by_dose = [mean_score[dose, spec.num_views_full] for dose in doses]
   views = sorted(spec.sparse_views) + [spec.num_views_full]
@@ -104,12 +154,18 @@ def test_bad_requests_name_the_problem():
   with pytest.raises(ValueError, match='Unknown split'):
     synthetic.generate_example(TINY_SPEC, 'training', 0)
   with pytest.raises(ValueError, match='out of range'):
-    synthetic.generate_example(TINY_SPEC, 'train', 6)
-  with pytest.raises(ValueError, match='sparse_views'):
-    dataclasses.replace(TINY_SPEC, sparse_views=(48,))
-  with pytest.raises(ValueError, match='dose_fractions'):
-    dataclasses.replace(TINY_SPEC, dose_fractions=(1.0, 1.5))
-  with pytest.raises(ValueError, match='full_view_weight'):
-    dataclasses.replace(TINY_SPEC, full_view_weight=0.0)
-  with pytest.raises(ValueError, match='split_patients'):
-    dataclasses.replace(TINY_SPEC, split_patients={'dev': 2})
+    synthetic.generate_example(TINY_SPEC, 'train', 12)
+  bad_fields = {
+      'sparse_views': {'sparse_views': (48,)},
+      'dose_fractions': {'dose_fractions': (1.0, 1.5)},
+      'full_view_weight': {'full_view_weight': 0.0},
+      'split_patients': {'split_patients': {'dev': 2}},
+      'degradations_per_slice': {'degradations_per_slice': 10},
+      'kernels': {'kernels': ('ramp', 'sharp')},
+      'slice_thicknesses_mm': {'slice_thicknesses_mm': (0.0,)},
+      'pixel_mm_range': {'pixel_mm_range': (0.9, 0.6)},
+      'field_of_view_margin': {'field_of_view_margin': (0.0, 1.0)},
+  }
+  for field, change in bad_fields.items():
+    with pytest.raises(ValueError, match=field):
+      dataclasses.replace(TINY_SPEC, **change)

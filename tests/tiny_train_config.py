@@ -19,10 +19,13 @@ def build_tiny_dataset(data_dir: str) -> None:
   """Writes 32 train / 8 validation / 8 test 32x32 slices (about a second)."""
   from mdiqa_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from mdiqa_jax.data import synthetic_builder  # pylint: disable=g-import-not-at-top
+  # Coarse pixels (9-15 mm) so that the phantom fits in 32 px; two
+  # degradations per rendered slice, as in the clinical spec.
   spec = dataclasses.replace(
-      synthetic.SMALL_SPEC, image_size=IMAGE_SIZE, num_views_full=48,
+      synthetic.CLINICAL_SPEC, image_size=IMAGE_SIZE, num_views_full=48,
       split_patients={'train': 8, 'validation': 2, 'test': 2, 'unlabeled': 1},
-      slices_per_patient=4, dose_fractions=(1.0, 0.25), sparse_views=(16,), seed=3)
+      slices_per_patient=2, dose_fractions=(1.0, 0.25), sparse_views=(16,),
+      pixel_mm_range=(9.0, 15.0), seed=3)
   builder = synthetic_builder.LdctIqaSynthetic(
       config=synthetic_builder.SyntheticConfig(name='tiny', spec=spec), data_dir=data_dir,
       num_processes=1)

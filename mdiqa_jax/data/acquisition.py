@@ -10,23 +10,37 @@ every sparse view count.
 
 Image coordinates: pixel (row i, column j) has its centre at
 x = (j - (N - 1) / 2) * pixel, y = ((N - 1) / 2 - i) * pixel (mm); the ray of
-view angle theta and detector position t is {x cos(theta) + y sin(theta) = t}.
+view angle theta and detector position t is {x cos(theta) + y sin(theta) = t};
+bin k is centred at t_k = (k - (B - 1) / 2) * pixel.
 
-Projector: the image is taken as piecewise constant on its pixels (the
-phantom rasteriser area-averages each pixel), and each detector reading is
-the line integral of that image averaged over the bin width. A square
-pixel's projection at angle theta is a trapezoid (the convolution of two boxes
-of widths pixel*|cos| and pixel*|sin|), whose bin average has a closed form
-(the "separable footprint" projector, Long, Fessler & Balter 2010; unlike a
-pixel-driven projector it has no moire at 45 degrees). It is applied as a
-histogram of pixel positions on a 1/16-bin grid convolved with that
-footprint, which costs about as much as a pixel-driven projector.
+Both operators work in the Fourier domain, through non-uniform FFTs (finufft,
+Barnett, Magland & af Klinteberg 2019) at the polar frequencies
+u (cos(theta), sin(theta)), u in cycles per bin:
 
-Reconstruction: filtered back-projection, the textbook discretisation
-(Kak & Slaney ch. 3): band-limited ramp kernel applied by zero-padded FFT,
-optionally apodised by a Hann window (smoother noise, like a clinical
-soft-tissue kernel), then pixel-driven back-projection with linear
-interpolation between bins, times pi / num_views.
+Projector (Fourier-slice theorem). The image is taken as piecewise constant
+on its square pixels (the phantom rasteriser area-averages each pixel), so
+its 2-D spectrum is the type-2 NUFFT of the pixel values times the pixel
+box's transfer sinc(u cos) sinc(u sin); the 1-D spectrum of a view is that
+spectrum on the view's line, and averaging over a bin multiplies it by
+sinc(u). Sampling the bin averages at the bin centres folds the spectrum
+into the detector band: the DFT of the samples at u_n = n / L is the sum of
+the spectrum at u_n + m over all integers m (Poisson summation), so the
+frequencies above the detector Nyquist are folded in, not dropped
+(|m| <= `_ALIASES`; the sinc^3 envelope makes the rest negligible). An
+inverse real FFT of length L > B (odd, so no Nyquist term) gives the bins,
+without wrap-around as the projection is shorter than L bins.
+
+Reconstruction: filtered back-projection, the textbook filter (Kak & Slaney
+ch. 3: band-limited ramp built in the spatial domain, zero-padded FFT) times
+a window (`FILTERS`: ramp, Shepp-Logan, cosine, Hann, from sharpest to
+smoothest, like a scanner's reconstruction kernels); then back-projection
+with ideal (trigonometric, period L) interpolation between bins, which is a
+type-1 NUFFT of the filtered projections' spectra onto the pixel grid, times
+pi / num_views. Several sinograms of the same views share one NUFFT (finufft
+`n_trans`).
+
+Real images have Hermitian spectra, so both operators use the frequencies
+u >= 0 only; a view costs (L + 1) / 2 non-uniform points per alias.
 
 Noise: each bin of each view receives Poisson photon counts with mean
 I0 * dose_fraction * exp(-line_integral), plus zero-mean Gaussian electronic
@@ -34,31 +48,33 @@ noise; counts below `min_counts` are clamped before the log (what a
 scanner's pre-processing does against log(0) in photon-starved rays).
 Sparse views keep the per-view dose, so a sparse scan also delivers fewer
 photons in total.
-
-Both operators work on chunks of views, so memory stays bounded at any
-image size; small ones (the 128-pixel datasets) are kept per process as
-sparse matrices, built from the same closed-form entries, and reused across
-slices.
 """
 import dataclasses
 import functools
 import math
+from typing import Sequence
 
+import finufft
 import numpy as np
-from scipy import sparse
+from scipy import fft
 
-# Sub-bin samples per detector bin of the projector's pixel histogram.
-_SUB_BINS = 16
-# Footprint kernel half-width in sub-bins: a pixel's footprint (<= sqrt(2)
-# bins) averaged over a bin reaches (sqrt(2) + 1) / 2 < 1.25 bins from it.
-_KERNEL_HALF_WIDTH = 20
-# Pixel-views per chunk of views (bounds the temporaries, ~100 MB).
-_CHUNK_ELEMENTS = 1_500_000
-# Operators with at most this many non-zeros (float32 weights + int32
-# indices) are built once per process as sparse matrices (~170 MB for the
-# 128-pixel, 256-view scan) and reused across slices; larger ones (512
-# pixels) are applied chunk by chunk without being stored.
-_MAX_CACHED_NONZEROS = 24_000_000
+# Reconstruction kernels: name -> window of the band-limited ramp, a function
+# of the frequency in cycles per bin (0 .. 0.5), sharpest first.
+FILTERS = {
+    'ramp': lambda u: np.ones_like(u),
+    'shepp_logan': np.sinc,                       # sin(pi u) / (pi u).
+    'cosine': lambda u: np.cos(np.pi * u),
+    'hann': lambda u: 0.5 * (1.0 + np.cos(2.0 * np.pi * u)),
+}
+# Aliases folded into the detector band on each side: the projector's
+# spectrum is evaluated for |u| < ALIASES + 1/2 cycles per bin, where the
+# pixel box and bin transfers (sinc^3) have fallen below 1 %.
+_ALIASES = 1
+# finufft: single precision reaches ~1e-4 relative error on 1e6 points at
+# |u| <= 1.5 (bin-width phase errors of float32 points), so ask no more;
+# the small upsampling factor is the fast choice for that tolerance.
+_NUFFT_OPTIONS = {'eps': 1e-4, 'upsampfac': 1.25}
+_NUFFT_DTYPE = np.complex64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,165 +119,70 @@ def view_indices(num_views_full: int, num_views: int) -> np.ndarray:
   return np.arange(0, num_views_full, num_views_full // num_views)
 
 
-def _pixel_centres(image_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(N*N,) x and y of pixel centres in pixel units, row-major."""
-  centre = (image_size - 1) / 2.0
-  rows, cols = np.meshgrid(np.arange(image_size), np.arange(image_size),
-                           indexing='ij')
-  return (cols.ravel() - centre), (centre - rows.ravel())
+def _fft_length(num_detectors: int) -> int:
+  """L: the smallest odd length >= B + 3 (729 for 512-px images).
 
-
-def _ramp_integral2(u: np.ndarray) -> np.ndarray:
-  """Second antiderivative of the unit step: max(u, 0)^2 / 2."""
-  return 0.5 * np.square(np.maximum(u, 0.0))
-
-
-def _footprint_kernel(theta: np.ndarray) -> np.ndarray:
-  """Bin-averaged footprint of a unit pixel at sub-bin offsets.
-
-  Args:
-    theta: (V,) view angles, radians.
-
-  Returns:
-    (V, 2 * _KERNEL_HALF_WIDTH + 1) float64: entry (v, j) is the mean over a
-    bin (unit width) of the projection of a unit square pixel whose centre
-    lies (j - _KERNEL_HALF_WIDTH) / _SUB_BINS bins from the bin centre. The
-    projection of the pixel is a trapezoid, the convolution of boxes of
-    widths |cos| and |sin| (unit area), so its integral over the bin is a
-    difference of its cumulative, a sum of four max(u, 0)^2 / 2 terms.
+  B + 3 bins hold a projection (the image diagonal plus a pixel footprint
+  and a bin, < B + 1 bins) with its periodic copies off the B kept bins; odd,
+  so the spectrum has no Nyquist term whose phase would be ambiguous.
   """
-  # Box widths, kept away from 0 so the closed form stays finite (a 1e-6
-  # pixel box changes nothing visible).
-  width_a = np.maximum(np.abs(np.cos(theta)), 1e-6)[:, None]
-  width_b = np.maximum(np.abs(np.sin(theta)), 1e-6)[:, None]
-  half_sum, half_diff = (width_a + width_b) / 2.0, (width_a - width_b) / 2.0
-
-  def cumulative(u):  # Integral of box_a * box_b (area a * b) up to u.
-    return (_ramp_integral2(u + half_sum) - _ramp_integral2(u + half_diff) -
-            _ramp_integral2(u - half_diff) + _ramp_integral2(u - half_sum))
-
-  offsets = (np.arange(2 * _KERNEL_HALF_WIDTH + 1) -
-             _KERNEL_HALF_WIDTH)[None] / _SUB_BINS
-  return (cumulative(offsets + 0.5) - cumulative(offsets - 0.5)) / (
-      width_a * width_b)
+  return num_detectors + 3 + num_detectors % 2
 
 
-def _detector_positions(geometry: Geometry, views: np.ndarray) -> np.ndarray:
-  """(len(views), N * N) detector position of each pixel centre, in bins
-  (0 = centre of the first bin)."""
-  x, y = _pixel_centres(geometry.image_size)
-  theta = np.pi * views / geometry.num_views
-  return (x[None] * np.cos(theta)[:, None] + y[None] * np.sin(theta)[:, None]
-          + (geometry.num_detectors - 1) / 2.0)
+@functools.lru_cache(maxsize=8)
+def _polar_grid(image_size: int, num_views_full: int, num_views: int,
+                aliases: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Where the operators meet the image spectrum, and the phases there.
 
-
-def _view_chunks(geometry: Geometry, num_views: int) -> list[np.ndarray]:
-  """The (sparse) scan's views (indices into the full scan) in chunks that
-  keep temporaries to about _CHUNK_ELEMENTS pixel-views."""
-  views = view_indices(geometry.num_views, num_views)
-  per_chunk = max(1, _CHUNK_ELEMENTS // geometry.image_size**2)
-  return [views[i:i + per_chunk] for i in range(0, len(views), per_chunk)]
-
-
-def _histogram_entries(geometry: Geometry,
-                       views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Where pixels land on the projector's sub-bin grid.
-
-  Returns:
-    index: (len(views), N * N) int64, index of the sub-bin sample at or left
-      of each pixel centre in the flattened (len(views), _fine_length) grid.
-    fraction: (len(views), N * N) float64 in [0, 1): weight of sample
-      index + 1 (index gets 1 - fraction).
+  Returns (read-only, shared by all callers):
+    frequency_y, frequency_x: (M,) float32, M = V * A * (L + 1) / 2 for the
+      V views of the (sparse) scan and A = 2 * aliases + 1: 2 pi u sin(theta)
+      and 2 pi u cos(theta), finufft's points for the image axes (rows with
+      y up, columns), at u = n / L + m, n = 0 .. (L - 1) / 2, m = -aliases ..
+      aliases, ordered (view, m, n).
+    shift: (M,) complex64, exp(-i pi u (cos + sin + B - 1)): the phase that
+      moves finufft's integer mode positions to the pixel centres (half a
+      pixel) and the first bin's centre to t_0 = -(B - 1) / 2 bins.
   """
-  fine = (_detector_positions(geometry, views) * _SUB_BINS +
-          _KERNEL_HALF_WIDTH + 1)
-  lower = np.floor(fine)
-  offsets = np.arange(len(views))[:, None] * _fine_length(geometry)
-  return lower.astype(np.int64) + offsets, fine - lower
+  num_bins = 2 * math.ceil(image_size * math.sqrt(2.0) / 2.0) + 2
+  half = (_fft_length(num_bins) + 1) // 2
+  theta = np.pi * view_indices(num_views_full, num_views) / num_views_full
+  offsets = np.arange(-aliases, aliases + 1)
+  u = (np.arange(half)[None, None] / _fft_length(num_bins) +
+       offsets[None, :, None]) * np.ones((len(theta), 1, 1))
+  cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+  shift = np.exp(-1j * np.pi * u * (cos + sin + num_bins - 1))
+  grid = (2.0 * np.pi * u * sin, 2.0 * np.pi * u * cos)
+  arrays = tuple(a.ravel().astype(np.float32) for a in grid) + (
+      shift.ravel().astype(_NUFFT_DTYPE),)
+  for array in arrays:
+    array.flags.writeable = False
+  return arrays
 
 
-def _fine_length(geometry: Geometry) -> int:
-  """Sub-bin samples per view: the bins plus the kernel's reach each side."""
-  return geometry.num_detectors * _SUB_BINS + 2 * (_KERNEL_HALF_WIDTH + 1)
-
-
-def _tap_start(j: int) -> int:
-  """Sub-bin sample that kernel column j multiplies for bin 0 (bin k: plus
-  k * _SUB_BINS): the pixels centred (j - _KERNEL_HALF_WIDTH) / _SUB_BINS
-  bins from the bin centre, on the grid padded by _KERNEL_HALF_WIDTH + 1."""
-  return j + 1
-
-
-def _backprojection_entries(geometry: Geometry,
-                            views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Linear interpolation of each view at each pixel centre.
-
-  Returns:
-    index: (len(views), N * N) int64, index of the bin at or left of each
-      pixel centre's detector position in the flattened (len(views), B)
-      sinogram.
-    fraction: (len(views), N * N) float64 in [0, 1): weight of bin
-      index + 1 (index gets 1 - fraction).
-  """
-  position = _detector_positions(geometry, views)
-  lower = np.floor(position)
-  offsets = np.arange(len(views))[:, None] * geometry.num_detectors
-  return lower.astype(np.int64) + offsets, position - lower
-
-
-def _is_cached(geometry: Geometry, num_views: int) -> bool:
-  return 3 * geometry.image_size**2 * num_views <= _MAX_CACHED_NONZEROS
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_matrices(
-    geometry: Geometry,
-    num_views: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-  """The whole projector (V * B, N * N), mm, and back-projector
-  (N * N, V * B) of a (sparse) scan as float32 sparse matrices; only for
-  small operators (`_is_cached`)."""
-  views = view_indices(geometry.num_views, num_views)
-  num_pixels, num_bins = geometry.image_size**2, geometry.num_detectors
-  pixels = np.broadcast_to(np.arange(num_pixels), (num_views, num_pixels))
-  pixels = np.concatenate([pixels.ravel()] * 2)
-
-  index, fraction = _histogram_entries(geometry, views)
-  histogram = sparse.csr_matrix(
-      (np.concatenate([(1.0 - fraction).ravel(), fraction.ravel()]),
-       (np.concatenate([index.ravel(), index.ravel() + 1]), pixels)),
-      shape=(num_views * _fine_length(geometry), num_pixels))
-  kernel = _footprint_kernel(np.pi * views / geometry.num_views)
-  view, bin_ = np.meshgrid(np.arange(num_views), np.arange(num_bins),
-                           indexing='ij')
-  rows, cols, values = [], [], []
-  for j in range(kernel.shape[1]):
-    rows.append((view * num_bins + bin_).ravel())
-    cols.append((view * _fine_length(geometry) + _tap_start(j) +
-                 bin_ * _SUB_BINS).ravel())
-    values.append(np.repeat(kernel[:, j], num_bins))
-  convolve = sparse.csr_matrix(
-      (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
-      shape=(num_views * num_bins, histogram.shape[0]))
-  projector = (convolve @ histogram) * geometry.pixel_size_mm
-
-  index, fraction = _backprojection_entries(geometry, views)
-  backprojector = sparse.csr_matrix(
-      (np.concatenate([(1.0 - fraction).ravel(), fraction.ravel()]),
-       (pixels, np.concatenate([index.ravel(), index.ravel() + 1]))),
-      shape=(num_pixels, num_views * num_bins))
-  return projector.astype(np.float32), backprojector.astype(np.float32)
+@functools.lru_cache(maxsize=8)
+def _projection_transfer(image_size: int, num_views_full: int,
+                         num_views: int) -> np.ndarray:
+  """(V, A, (L + 1) / 2) complex64: pixel box x bin average transfer
+  sinc(u cos) sinc(u sin) sinc(u) times the phase `shift`, per point of
+  `_polar_grid` (read-only)."""
+  frequency_y, frequency_x, shift = _polar_grid(image_size, num_views_full,
+                                                num_views, _ALIASES)
+  u_sin, u_cos = frequency_y / (2.0 * np.pi), frequency_x / (2.0 * np.pi)
+  transfer = np.sinc(u_cos) * np.sinc(u_sin) * np.sinc(np.hypot(u_cos, u_sin))
+  transfer = (transfer * shift).astype(_NUFFT_DTYPE).reshape(
+      num_views, 2 * _ALIASES + 1, -1)
+  transfer.flags.writeable = False
+  return transfer
 
 
 def forward_project(mu: np.ndarray, geometry: Geometry,
                     num_views: int | None = None) -> np.ndarray:
-  """Line integrals of an attenuation image (separable-footprint projector).
+  """Bin-averaged line integrals of a pixelated attenuation image.
 
-  Each pixel's value is deposited on a grid of _SUB_BINS samples per bin with
-  linear weights at its centre's detector position; convolving that
-  histogram with the view's footprint kernel (`_footprint_kernel`) and
-  keeping every _SUB_BINS-th sample gives the bin-averaged projection of the
-  pixel squares (exact up to the 1 / _SUB_BINS bin quantisation of pixel
-  positions).
+  Fourier-slice projector (module docstring): exact for an image that is
+  constant on each square pixel, up to the NUFFT tolerance (~1e-4) and the
+  spectrum beyond `_ALIASES` folds.
 
   Args:
     mu: (N, N) linear attenuation, 1/mm (N = geometry.image_size).
@@ -277,60 +198,19 @@ def forward_project(mu: np.ndarray, geometry: Geometry,
   if mu.shape != (size, size):
     raise ValueError(f'forward_project expected a ({size}, {size}) image, '
                      f'got {mu.shape}.')
-  if _is_cached(geometry, num_views):
-    projector, _ = _cached_matrices(geometry, num_views)
-    image = np.asarray(mu, dtype=np.float32).ravel()
-    return (projector @ image).reshape(num_views, num_bins)
-  # Unit pixel area over unit bin width is 1 pixel = pixel_size mm.
-  image = np.asarray(mu, dtype=np.float64).ravel() * geometry.pixel_size_mm
-  fine_length = _fine_length(geometry)
-  sinogram = []
-  for views in _view_chunks(geometry, num_views):
-    index, fraction = _histogram_entries(geometry, views)
-    size = len(views) * fine_length
-    histogram = (
-        np.bincount(index.ravel(), ((1.0 - fraction) * image).ravel(),
-                    minlength=size) +
-        np.bincount(index.ravel() + 1, (fraction * image).ravel(),
-                    minlength=size))[:size].reshape(len(views), fine_length)
-    kernel = _footprint_kernel(np.pi * views / geometry.num_views)
-    chunk = np.zeros((len(views), num_bins))
-    for j in range(kernel.shape[1]):
-      start = _tap_start(j)
-      chunk += kernel[:, j:j + 1] * histogram[
-          :, start:start + num_bins * _SUB_BINS:_SUB_BINS]
-    sinogram.append(chunk)
-  return np.concatenate(sinogram).astype(np.float32)
-
-
-def _backproject(filtered: np.ndarray, geometry: Geometry) -> np.ndarray:
-  """Pixel-driven back-projection with linear interpolation.
-
-  Args:
-    filtered: (K, V, B) filtered sinograms of a (sparse) scan.
-    geometry: the scan.
-
-  Returns:
-    (K, N * N) float32: per pixel, the sum over views of each sinogram
-    interpolated at the pixel centre's detector position (not yet scaled by
-    pi / V).
-  """
-  num_stack, num_views, num_bins = filtered.shape
-  filtered = filtered.astype(np.float32)
-  if _is_cached(geometry, num_views):
-    _, backprojector = _cached_matrices(geometry, num_views)
-    return (backprojector @ filtered.reshape(num_stack, -1).T).T
-  image = np.zeros((num_stack, geometry.image_size**2), np.float32)
-  start = 0
-  for views in _view_chunks(geometry, num_views):
-    index, fraction = _backprojection_entries(geometry, views)
-    fraction = fraction.astype(np.float32)
-    for stack, sinogram in enumerate(filtered[:, start:start + len(views)]):
-      values = sinogram.ravel()
-      image[stack] += (np.take(values, index) * (1.0 - fraction) +
-                       np.take(values, index + 1) * fraction).sum(axis=0)
-    start += len(views)
-  return image
+  frequency_y, frequency_x, _ = _polar_grid(size, geometry.num_views,
+                                            num_views, _ALIASES)
+  # Rows flipped: finufft's first mode index must grow with y.
+  spectrum = finufft.nufft2d2(
+      frequency_y, frequency_x,
+      np.ascontiguousarray(mu[::-1], dtype=_NUFFT_DTYPE), isign=-1,
+      nthreads=1, **_NUFFT_OPTIONS)
+  transfer = _projection_transfer(size, geometry.num_views, num_views)
+  folded = (transfer * spectrum.reshape(transfer.shape)).sum(axis=1)
+  length = _fft_length(num_bins)
+  # Area of a pixel over the bin width: pixel_size mm.
+  return (fft.irfft(folded, length, axis=-1)[:, :num_bins] *
+          geometry.pixel_size_mm).astype(np.float32)
 
 
 def noisy_line_integrals(line_integrals: np.ndarray, *, photons_per_bin: float,
@@ -363,30 +243,38 @@ def noisy_line_integrals(line_integrals: np.ndarray, *, photons_per_bin: float,
   return (-np.log(counts / blank)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=8)
+def _padded_length(num_detectors: int) -> int:
+  """FFT length of the ramp filtering: a power of 2 >= 2 B (no wrap)."""
+  return max(64, 2**math.ceil(math.log2(2 * num_detectors)))
+
+
+@functools.lru_cache(maxsize=32)
 def _filter_response(num_detectors: int, filter_name: str) -> np.ndarray:
-  """Frequency response of the band-limited ramp filter (rfft layout).
+  """Frequency response of a reconstruction kernel (rfft layout), per bin^2.
 
   The ramp is built in the spatial domain (Kak & Slaney eq. 61: 1/4 at 0,
   -1/(pi n)^2 at odd n, 0 at even n) and zero-padded to >= 2 * bins, which
-  avoids the DC offset and wrap-around of a sampled |f| response.
+  avoids the DC offset and wrap-around of a sampled |f| response; the
+  window (`FILTERS`) multiplies its spectrum.
   """
-  padded = max(64, 2**math.ceil(math.log2(2 * num_detectors)))
+  if filter_name not in FILTERS:
+    raise ValueError(f'filter_name must be one of {sorted(FILTERS)}, got '
+                     f'{filter_name!r}.')
+  padded = _padded_length(num_detectors)
   n = np.arange(padded)
   n = np.minimum(n, padded - n)  # Circular distance, for a symmetric kernel.
   kernel = np.where(n % 2 == 1, -1.0 / np.square(np.pi * np.maximum(n, 1)), 0.0)
   kernel[0] = 0.25
-  response = np.fft.rfft(kernel).real
-  frequency = np.fft.rfftfreq(padded)  # Cycles per bin, 0 .. 0.5.
-  if filter_name == 'hann':
-    response = response * 0.5 * (1.0 + np.cos(2.0 * np.pi * frequency))
-  elif filter_name != 'ramp':
-    raise ValueError(f"filter_name must be 'ramp' or 'hann', got {filter_name!r}.")
+  response = np.fft.rfft(kernel).real * FILTERS[filter_name](
+      np.fft.rfftfreq(padded))
+  response = response.astype(np.float32)
+  response.flags.writeable = False
   return response
 
 
 def filtered_backprojection(sinograms: np.ndarray, geometry: Geometry, *,
-                            filter_name: str = 'hann') -> np.ndarray:
+                            filter_name: str | Sequence[str] = 'hann'
+                            ) -> np.ndarray:
   """Reconstructs attenuation images from (sparse-view) sinograms.
 
   Args:
@@ -395,7 +283,7 @@ def filtered_backprojection(sinograms: np.ndarray, geometry: Geometry, *,
       `view_indices`), B = geometry.num_detectors. Several sinograms of the
       same views are back-projected together (cheaper than one by one).
     geometry: the scan.
-    filter_name: 'ramp' or 'hann' (ramp apodised by a Hann window).
+    filter_name: a key of `FILTERS`, or K of them (one per sinogram).
 
   Returns:
     (N, N) or (K, N, N) float32 linear attenuation, 1/mm.
@@ -408,13 +296,28 @@ def filtered_backprojection(sinograms: np.ndarray, geometry: Geometry, *,
   if num_bins != geometry.num_detectors:
     raise ValueError(f'sinograms have {num_bins} bins, the geometry has '
                      f'{geometry.num_detectors}.')
-  response = _filter_response(num_bins, filter_name)
-  padded = 2 * (len(response) - 1)
-  filtered = np.fft.irfft(np.fft.rfft(sinograms, padded, axis=-1) * response,
-                          padded, axis=-1)[..., :num_bins]
-  filtered /= geometry.pixel_size_mm  # Kernel scale 1 / bin_width^2, times bin_width.
-  image = _backproject(filtered, geometry)
-  image *= np.pi / num_views
-  image = image.reshape(num_stack, geometry.image_size,
-                        geometry.image_size).astype(np.float32)
+  names = [filter_name] * num_stack if isinstance(filter_name, str) else list(
+      filter_name)
+  if len(names) != num_stack:
+    raise ValueError(f'filter_name: expected 1 or {num_stack} names, got '
+                     f'{len(names)}.')
+  response = np.stack([_filter_response(num_bins, name) for name in names])
+  padded = _padded_length(num_bins)
+  filtered = fft.irfft(
+      fft.rfft(sinograms, padded, axis=-1) * response[:, None], padded,
+      axis=-1)[..., :num_bins]
+  length = _fft_length(num_bins)
+  spectra = fft.rfft(filtered, length, axis=-1)
+  spectra[..., 1:] *= 2.0  # Each u > 0 stands for itself and -u.
+  frequency_y, frequency_x, shift = _polar_grid(
+      geometry.image_size, geometry.num_views, num_views, 0)
+  coefficients = (spectra.reshape(num_stack, -1) * np.conj(shift)).astype(
+      _NUFFT_DTYPE)
+  size = geometry.image_size
+  image = finufft.nufft2d1(frequency_y, frequency_x, coefficients, (size, size),
+                           isign=1, nthreads=1, **_NUFFT_OPTIONS).real
+  # Kernel scale 1 / bin_width^2 times bin_width; pi / V for the angle
+  # integral; 1 / L of the inverse DFT of the interpolation.
+  image *= np.pi / (num_views * length * geometry.pixel_size_mm)
+  image = np.ascontiguousarray(image[:, ::-1], dtype=np.float32)
   return image[0] if single else image

@@ -26,7 +26,7 @@ from mdiqa_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
 _OUTPUT = flags.DEFINE_string('output', 'docs/images/montage.png',
                               'Where to write the PNG.')
-_SIZE = flags.DEFINE_enum('size', 'small', ['small', 'challenge'],
+_SIZE = flags.DEFINE_enum('size', 'clinical', ['clinical', 'challenge'],
                           'Which dataset spec to simulate.')
 _SEED = flags.DEFINE_integer('seed', None, 'Dataset seed (default: the spec\'s).')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split the patient comes from.')
@@ -34,7 +34,7 @@ _PATIENT = flags.DEFINE_integer('patient', 0, 'Patient index in the split.')
 _SLICE = flags.DEFINE_integer('slice', 0, 'Slice index of the patient.')
 _DPI = flags.DEFINE_integer('dpi', 80, 'Resolution of the PNG.')
 
-_SPECS = {'small': synthetic.SMALL_SPEC, 'challenge': synthetic.CHALLENGE_SPEC}
+_SPECS = {'clinical': synthetic.CLINICAL_SPEC, 'challenge': synthetic.CHALLENGE_SPEC}
 
 
 def render(spec: synthetic.SyntheticSpec, split: str, patient_index: int,

@@ -23,15 +23,17 @@ positions, and lesions.
 
 Coordinates (mm): x to the image right (the patient's left, radiological
 convention), y to the image top (anterior), z along the patient.
-Rasterisation area-averages `supersample`^2 sub-pixels per pixel, so edges
-have partial-volume values; tissue masks mark pixels that are entirely one
-tissue (the "pure" pixels the simulated readers use as ROIs).
+Rasterisation paints the pixel centres, then area-averages
+`supersample`^2 sub-pixels in the pixels that a boundary may cross, so edges
+have partial-volume values at the cost of a fraction of the pixels; tissue
+masks mark pixels that are entirely one tissue (the "pure" pixels the
+simulated readers use as ROIs).
 """
 import dataclasses
 from typing import Optional
 
 import numpy as np
-from scipy import ndimage
+from scipy import fft
 
 # Tissue: (mean HU, spread of the per-patient mean, texture std in HU,
 #          texture field: 'smooth' (~4 mm grain) or 'fine' (~1.5 mm)).
@@ -116,11 +118,15 @@ class Patient:
     tissue_hu: tissue -> mean HU for this patient (lesions included).
     shapes: painted in order.
     lesion_contrast_hu: lesion tissue -> HU difference to the liver.
+    body_width_mm: lateral width of the body outline's ellipse at z = 0
+      (its harmonics add a few per cent); a scanner's field of view is
+      fitted to it.
   """
   patient_seed: int
   tissue_hu: dict[str, float]
   shapes: tuple[Shape, ...]
   lesion_contrast_hu: dict[str, float]
+  body_width_mm: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,7 +352,8 @@ def sample_patient(rng: np.random.Generator, patient_seed: int,
         (radius, radius), z_extent=(uniform(-0.5, 0.5) * z_range_mm, radius),
         drift=liver.drift, clip='liver'))
   return Patient(patient_seed=int(patient_seed), tissue_hu=tissue_hu,
-                 shapes=tuple(shapes), lesion_contrast_hu=lesion_contrast)
+                 shapes=tuple(shapes), lesion_contrast_hu=lesion_contrast,
+                 body_width_mm=float(2.0 * half_a))
 
 
 def _shape_at(shape: Shape, z_mm: float) -> Optional[tuple[float, float, float, float]]:
@@ -365,41 +372,117 @@ def _shape_at(shape: Shape, z_mm: float) -> Optional[tuple[float, float, float, 
           shape.axes[0] * scale, shape.axes[1] * scale)
 
 
-def _texture(rng: np.random.Generator, shape: tuple[int, int],
-             sigma_pixels: float) -> np.ndarray:
-  """Unit-variance Gaussian-filtered white noise, float32."""
-  field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma_pixels,
-                                  mode='wrap')
-  return (field / field.std()).astype(np.float32)
-
-
-def render_slice(patient: Patient, z_mm: float, *, image_size: int,
-                 pixel_size_mm: float, supersample: int = 2) -> Slice:
-  """Rasterises the patient's cross-section at z.
+def _inside(shape: Shape, section: tuple[float, float, float, float],
+            dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+  """Whether points at (dx, dy) mm from the section's centre lie in the blob.
 
   Args:
-    patient: from `sample_patient`.
-    z_mm: slice position along the patient, mm.
-    image_size: N, pixels per side.
-    pixel_size_mm: pixel side, mm.
-    supersample: sub-pixels per pixel side (area averaging at edges).
+    shape: the blob (angle, harmonics, min_y).
+    section: `_shape_at` of the blob.
+    dx, dy: broadcastable arrays of offsets, mm.
 
   Returns:
-    A Slice with hu (N, N) float32.
+    bool array of the broadcast shape.
   """
-  # Textures are seeded by (patient, z): a slice is a pure function of its
-  # arguments.
-  texture_rng = np.random.default_rng(
-      [patient.patient_seed, int(round(z_mm * 1000.0)) & 0xFFFFFFFF])
-  size = image_size * supersample
-  step = pixel_size_mm / supersample
-  coords = (np.arange(size) - (size - 1) / 2.0) * step
-  xs, ys = coords, -coords  # Row 0 at the top (anterior).
-  names = list(patient.tissue_hu)
-  tissue_id = {name: index for index, name in enumerate(names)}
-  label = np.full((size, size), tissue_id['air'], np.int16)
-  cavity = np.zeros((size, size), bool)
+  _, _, a, b = section
+  cos, sin = np.cos(shape.angle), np.sin(shape.angle)
+  u = (dx * cos + dy * sin) / a
+  v = (-dx * sin + dy * cos) / b
+  radius2 = u * u + v * v
+  bound = np.ones_like(radius2)
+  if shape.harmonics:
+    # cos(k phi), sin(k phi) of the polar angle of (u, v) by the angle-sum
+    # recursion, without transcendental functions.
+    radius = np.sqrt(np.maximum(radius2, 1e-12))
+    cos_1, sin_1 = u / radius, v / radius
+    cos_k, sin_k = cos_1, sin_1
+    for k in range(2, max(k for k, _, _ in shape.harmonics) + 1):
+      cos_k, sin_k = cos_k * cos_1 - sin_k * sin_1, sin_k * cos_1 + cos_k * sin_1
+      for order, c, s in shape.harmonics:
+        if order == k:
+          bound += c * cos_k + s * sin_k
+  inside = radius2 <= bound * bound
+  if shape.min_y is not None:
+    inside &= dy >= shape.min_y
+  return inside
 
+
+class _PixelCentres:
+  """The centres of an N x N pixel grid, addressed by bounding boxes.
+
+  Attributes:
+    xs: (N,) x of the columns, mm (increasing).
+    ys: (N,) y of the rows, mm (decreasing: row 0 is anterior).
+    pixel_mm: pixel side.
+  """
+
+  def __init__(self, image_size: int, pixel_mm: float):
+    # float32 halves the painting's memory traffic; 1e-7 relative is far
+    # below a sub-pixel.
+    coords = ((np.arange(image_size) - (image_size - 1) / 2.0) *
+              pixel_mm).astype(np.float32)
+    self.xs, self.ys, self.pixel_mm = coords, -coords, pixel_mm
+    self.shape = (image_size, image_size)
+
+  def box(self, x_low, x_high, y_low, y_high, margin=0.0):
+    """(rows, cols) slices of the pixels whose centres lie in the box grown
+    by `margin` mm, or None when it misses the grid."""
+    cols = slice(max(0, int(np.searchsorted(self.xs, x_low - margin))),
+                 int(np.searchsorted(self.xs, x_high + margin)) + 1)
+    rows = slice(max(0, int(np.searchsorted(-self.ys, -(y_high + margin)))),
+                 int(np.searchsorted(-self.ys, -(y_low - margin))) + 1)
+    if cols.start >= min(cols.stop, self.shape[1]) or rows.start >= min(
+        rows.stop, self.shape[0]):
+      return None
+    return rows, cols
+
+  def coordinates(self, index):
+    rows, cols = index
+    return self.xs[cols][None, :], self.ys[rows][:, None]
+
+
+class _EdgeSubpixels:
+  """s x s sub-pixel centres of the pixels that a boundary may cross.
+
+  Point p * s^2 + q is sub-pixel q (row-major) of edge pixel p, the edge
+  pixels numbered in row-major order of the grid.
+  """
+
+  def __init__(self, grid: _PixelCentres, edges: np.ndarray, supersample: int):
+    self.grid = grid
+    self.edge_id = np.full(grid.shape, -1, np.int64)
+    rows, cols = np.nonzero(edges)
+    self.edge_id[rows, cols] = np.arange(len(rows))
+    offsets = (((np.arange(supersample) + 0.5) / supersample - 0.5) *
+               grid.pixel_mm).astype(np.float32)
+    off_y, off_x = np.meshgrid(-offsets, offsets, indexing='ij')
+    self.x = (grid.xs[cols][:, None] + off_x.ravel()[None]).ravel()
+    self.y = (grid.ys[rows][:, None] + off_y.ravel()[None]).ravel()
+    self.per_pixel = supersample**2
+    self.shape = self.x.shape
+
+  def box(self, x_low, x_high, y_low, y_high):
+    """Indices of the sub-pixels of edge pixels near the box, or None."""
+    pixels = self.grid.box(x_low, x_high, y_low, y_high,
+                           margin=self.grid.pixel_mm / 2.0)
+    if pixels is None:
+      return None
+    ids = self.edge_id[pixels]
+    ids = ids[ids >= 0]
+    if not ids.size:
+      return None
+    return (ids[:, None] * self.per_pixel + np.arange(self.per_pixel)).ravel()
+
+  def coordinates(self, index):
+    return self.x[index], self.y[index]
+
+
+def _paint(patient: Patient, z_mm: float, points, tissue_id: dict[str, int]
+           ) -> np.ndarray:
+  """Tissue labels (`tissue_id` values, int16) at `points` (a _PixelCentres
+  or _EdgeSubpixels): the shapes painted in order, clipped where asked."""
+  label = np.full(points.shape, tissue_id['air'], np.int16)
+  cavity = np.zeros(points.shape, bool)
   for shape in patient.shapes:
     section = _shape_at(shape, z_mm)
     if section is None:
@@ -409,40 +492,84 @@ def render_slice(patient: Patient, z_mm: float, *, image_size: int,
     swell = 1.0 + sum(abs(c) + abs(s) for _, c, s in shape.harmonics)
     reach_x = swell * np.hypot(a * cos, b * sin)  # Bounding box half-sides.
     reach_y = swell * np.hypot(a * sin, b * cos)
-    cols = slice(max(0, int(np.searchsorted(xs, cx - reach_x))),
-                 int(np.searchsorted(xs, cx + reach_x)) + 1)
-    # ys decreases with the row index.
-    rows = slice(max(0, int(np.searchsorted(-ys, -(cy + reach_y)))),
-                 int(np.searchsorted(-ys, -(cy - reach_y))) + 1)
-    if cols.start >= cols.stop or rows.start >= rows.stop:
+    index = points.box(cx - reach_x, cx + reach_x, cy - reach_y, cy + reach_y)
+    if index is None:
       continue
-    dx = xs[cols][None, :] - cx
-    dy = ys[rows][:, None] - cy
-    u = (dx * cos + dy * sin) / a
-    v = (-dx * sin + dy * cos) / b
-    radius2 = u * u + v * v
-    bound = np.ones_like(radius2)
-    if shape.harmonics:
-      # cos(k phi), sin(k phi) of the polar angle of (u, v) by the angle-sum
-      # recursion, without transcendental functions.
-      radius = np.sqrt(np.maximum(radius2, 1e-12))
-      cos_1, sin_1 = u / radius, v / radius
-      cos_k, sin_k = cos_1, sin_1
-      for k in range(2, max(k for k, _, _ in shape.harmonics) + 1):
-        cos_k, sin_k = cos_k * cos_1 - sin_k * sin_1, sin_k * cos_1 + cos_k * sin_1
-        for order, c, s in shape.harmonics:
-          if order == k:
-            bound += c * cos_k + s * sin_k
-    inside = radius2 <= bound * bound
-    if shape.min_y is not None:
-      inside &= dy >= shape.min_y
+    x, y = points.coordinates(index)
+    inside = _inside(shape, section, x - cx, y - cy)
     if shape.clip == 'cavity':
-      inside &= cavity[rows, cols]
+      inside &= cavity[index]
     elif shape.clip is not None:
-      inside &= label[rows, cols] == tissue_id[shape.clip]
-    label[rows, cols][inside] = tissue_id[shape.tissue]
+      inside &= label[index] == tissue_id[shape.clip]
+    label[index] = np.where(inside, np.int16(tissue_id[shape.tissue]),
+                            label[index])
     if shape.tissue == 'visceral_fat' and shape.clip is None:
-      cavity[rows, cols] |= inside
+      cavity[index] |= inside
+  return label
+
+
+def _edge_pixels(label: np.ndarray) -> np.ndarray:
+  """(N, N) bool: pixels whose 3 x 3 neighbourhood holds another label.
+
+  A boundary that crosses a pixel separates its centre from a neighbour's
+  (shapes are smooth and at least a pixel thick), so the other pixels lie
+  inside one tissue.
+  """
+  padded = np.pad(label, 1, mode='edge')
+  size_y, size_x = label.shape
+  edges = np.zeros(label.shape, bool)
+  for dy in range(3):
+    for dx in range(3):
+      edges |= padded[dy:dy + size_y, dx:dx + size_x] != label
+  return edges
+
+
+def _texture(rng: np.random.Generator, size: int,
+             sigma_pixels: float) -> np.ndarray:
+  """(size, size) unit-variance Gaussian-filtered white noise, float32
+  (periodic filtering in the Fourier domain)."""
+  frequency_y = np.fft.fftfreq(size)[:, None]
+  frequency_x = np.fft.rfftfreq(size)[None, :]
+  transfer = np.exp(-2.0 * (np.pi * sigma_pixels)**2 *
+                    (frequency_y**2 + frequency_x**2))
+  white = rng.standard_normal((size, size), dtype=np.float32)
+  field = fft.irfft2(fft.rfft2(white) * transfer.astype(np.float32), (size, size))
+  return (field / field.std()).astype(np.float32)
+
+
+def render_slice(patient: Patient, z_mm: float, *, image_size: int,
+                 pixel_size_mm: float, supersample: int = 4) -> Slice:
+  """Rasterises the patient's cross-section at z.
+
+  Labels are painted at the pixel centres; pixels that a boundary may cross
+  (`_edge_pixels`) are painted again at `supersample` x `supersample`
+  sub-pixels and take the mean of their sub-pixels' values (partial volume);
+  the others are pure. Textures are smooth (>= 1.5 mm grain), so each
+  pixel's sub-pixels share its texture values.
+
+  Args:
+    patient: from `sample_patient`.
+    z_mm: slice position along the patient, mm.
+    image_size: N, pixels per side.
+    pixel_size_mm: pixel side, mm.
+    supersample: sub-pixels per edge pixel side (1: no partial volume).
+
+  Returns:
+    A Slice with hu (N, N) float32.
+  """
+  # Textures are seeded by (patient, z): a slice is a pure function of its
+  # arguments.
+  texture_rng = np.random.default_rng(
+      [patient.patient_seed, int(round(z_mm * 1000.0)) & 0xFFFFFFFF])
+  names = list(patient.tissue_hu)
+  tissue_id = {name: index for index, name in enumerate(names)}
+  grid = _PixelCentres(image_size, pixel_size_mm)
+  label = _paint(patient, z_mm, grid, tissue_id)
+  edges = _edge_pixels(label) if supersample > 1 else np.zeros(label.shape, bool)
+  subpixels = _EdgeSubpixels(grid, edges, supersample)
+  # (E, s^2) labels of the edge pixels' sub-pixels.
+  sub_label = _paint(patient, z_mm, subpixels, tissue_id).reshape(
+      -1, subpixels.per_pixel)
 
   mean_hu = np.array([patient.tissue_hu[name] for name in names], np.float32)
   texture_std = np.array(
@@ -450,30 +577,35 @@ def render_slice(patient: Patient, z_mm: float, *, image_size: int,
       np.float32)
   fine = np.array([TISSUES[name if name in TISSUES else 'liver'][3] == 'fine'
                    for name in names])
-  smooth_field = _texture(texture_rng, (size, size), 4.0 / step)
-  fine_field = _texture(texture_rng, (size, size), 1.5 / step)
-  hu_fine = mean_hu[label] + texture_std[label] * np.where(
-      fine[label], fine_field, smooth_field)
+  smooth_field = _texture(texture_rng, image_size, 4.0 / pixel_size_mm)
+  fine_field = _texture(texture_rng, image_size, 1.5 / pixel_size_mm)
 
-  def block_mean(array):
-    return array.reshape(image_size, supersample, image_size,
-                         supersample).mean(axis=(1, 3))
+  def values(labels, smooth, fine_):
+    return mean_hu[labels] + texture_std[labels] * np.where(
+        fine[labels], fine_, smooth)
 
-  def pure(mask):
-    return block_mean(mask.astype(np.float32)) == 1.0
+  hu = values(label, smooth_field, fine_field)
+  hu[edges] = values(sub_label, smooth_field[edges][:, None],
+                     fine_field[edges][:, None]).mean(axis=1)
 
-  ids = {name: tissue_id[name] for name in names}
-  non_body = np.isin(label, [ids['air'], ids['couch_shell'], ids['couch_core']])
-  masks = {'body': pure(~non_body)}
+  def pure(member: np.ndarray) -> np.ndarray:
+    """Pixels whose every sub-pixel has a label with member[label]."""
+    mask = member[label]
+    mask[edges] = member[sub_label].all(axis=1)
+    return mask
+
+  def group(*tissues):
+    return np.isin(np.arange(len(names)), [tissue_id[name] for name in tissues])
+
+  masks = {'body': pure(~group('air', 'couch_shell', 'couch_core'))}
   for name in HOMOGENEOUS_TISSUES:
-    masks[name] = pure(label == ids[name])
+    masks[name] = pure(group(name))
   lesions = []
-  any_lesion = np.zeros((image_size, image_size), bool)
+  any_lesion = np.zeros(label.shape, bool)
   for name, contrast in patient.lesion_contrast_hu.items():
-    mask = pure(label == ids[name])
+    mask = pure(group(name))
     if mask.any():
       lesions.append((mask, contrast))
       any_lesion |= mask
   masks['lesion'] = any_lesion
-  return Slice(hu=block_mean(hu_fine).astype(np.float32), masks=masks,
-               lesions=tuple(lesions))
+  return Slice(hu=hu.astype(np.float32), masks=masks, lesions=tuple(lesions))

@@ -1,13 +1,27 @@
 """The synthetic LDCT-IQA dataset: splits of simulated, rated slices.
 
-Each example is one slice of a simulated patient (`phantoms`), scanned at one
-cell of the degradation grid (`acquisition`: a dose fraction and a view
-count), reconstructed by FBP, windowed to [0, 1] (`intensity.window_to_unit`)
-and scored by a panel of simulated radiologists (`raters`), as LDCTIQAC2023
-was made from the Mayo scans. Every example is a pure function of
-(spec, split, index) -- `generate_example` -- so a builder can generate
-examples in any order and in parallel; patients are drawn from seeds that
-include the split, so splits are patient-disjoint.
+Each rendered slice of a simulated patient (`phantoms`) is projected once at
+the full view count (`acquisition`), and that projection is degraded
+`degradations_per_slice` times, at distinct cells of the degradation grid (a
+dose fraction and a view count); each degradation is reconstructed by FBP,
+windowed (`intensity.window_to_unit`, stored as uint8) and scored by a panel
+of simulated radiologists (`raters`), as LDCTIQAC2023 was made from the Mayo
+scans. Each degradation is one example.
+
+Per patient, the pixel spacing: the scanner's field of view fitted to the
+body width with a random margin, clipped to `pixel_mm_range` (the clinical
+0.6-0.95 mm at 512 px). Per rendered slice, the reconstruction: a kernel
+(`acquisition.FILTERS`) and a slice thickness, shared by its degradations
+(the same images at two qualities). Photons per detector bin are
+proportional to the bin's area (pixel spacing x slice thickness), so the
+noise in HU at native pixels follows the physics: thinner slices, smaller
+pixels and sharper kernels are noisier.
+
+Every example is a pure function of (spec, split, index) --
+`generate_example` -- and the examples of one rendered slice are made
+together (`generate_slice`), so a builder can generate slices in any order
+and in parallel; patients are drawn from seeds that include the split, so
+splits are patient-disjoint.
 
 The 'unlabeled' split (semi-supervised learning) carries its labels like the
 others, so that pseudo-labels can be evaluated; training code must not read
@@ -15,12 +29,9 @@ them.
 
 Degradation grid: every dose fraction at the full view count, and every
 (dose fraction, sparse view count) pair. Sparse scans keep the per-view dose.
-A slice's cell is drawn at random, a full-view cell being `full_view_weight`
-times as likely as a sparse-view one: each sparse view count fills about one
-Likert point of the label range (16 / 32 / 64 views at 128 px: ~0-0.8 /
-0.8-1.6 / 1.6-2.4) while the full-view cells span ~2.4-4, so the default
-weight 2 spreads the labels about evenly over 0..4 (uniform cells put half
-the sparse examples near 0; histograms in bench/results/simulate_bench.json).
+A slice's cells are drawn at random without replacement, a full-view cell
+being `full_view_weight` times as likely as a sparse-view one (label
+histograms in bench/results/simulate_bench.json).
 """
 import dataclasses
 import zlib
@@ -34,6 +45,11 @@ from mdiqa_jax.data import phantoms
 from mdiqa_jax.data import raters
 
 SPLITS = ('train', 'validation', 'test', 'unlabeled')
+# Pixel spacing of clinical abdominal CT at 512 x 512, mm (the range the
+# default dataset covers, and the model code's training range).
+PIXEL_MM_RANGE = (0.6, 0.95)
+# Reconstruction slice thicknesses of clinical abdominal protocols, mm.
+SLICE_THICKNESSES_MM = (1.0, 1.25, 2.0, 2.5, 3.0, 5.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,24 +57,33 @@ class SyntheticSpec:
   """Everything that determines a synthetic dataset.
 
   Attributes:
-    image_size: output side, pixels (the field of view is fixed, so this
-      sets the pixel size).
+    image_size: N, output side, pixels.
     num_views_full: views of a full scan over 180 degrees; a multiple of
       every sparse view count.
     split_patients: split name -> number of patients.
-    slices_per_patient: slices per patient, `slice_spacing_mm` apart.
+    slices_per_patient: rendered slices per patient, `slice_spacing_mm`
+      apart.
     dose_fractions: dose levels of the grid (1.0 = full dose).
     sparse_views: view counts of the sparse-view cells.
+    degradations_per_slice: examples per rendered slice, at distinct grid
+      cells (at most the number of cells).
+    kernels: reconstruction kernels drawn from (keys of
+      acquisition.FILTERS).
+    slice_thicknesses_mm: slice thicknesses drawn from, mm.
+    pixel_mm_range: (low, high) pixel spacing, mm: the field of view is the
+      body width times a margin drawn from `field_of_view_margin`, and the
+      spacing it gives is clipped to this range.
+    field_of_view_margin: (low, high) of the field of view over the body
+      width.
     num_raters: R, simulated radiologists per image.
     seed: the dataset seed.
-    field_of_view_mm: side of the image, mm.
-    photons_per_bin: I0, unattenuated photons per detector bin and view at
-      full dose; chosen per image size so that full-dose noise in the liver
-      is about 10-15 HU (what a clinical abdomen scan shows).
+    photons_per_mm2: unattenuated photons per view at full dose per mm^2 of
+      detector bin (bin width = pixel spacing, times the slice thickness);
+      chosen so that a full-dose Hann reconstruction at 0.75 mm and 3 mm
+      shows about 12 HU of noise in the liver (a clinical abdomen scan).
     electronic_noise: std of the detector's additive noise, photons.
-    filter_name: FBP filter, 'hann' or 'ramp'.
-    slice_spacing_mm: distance between a patient's slices.
-    supersample: phantom sub-pixels per pixel side.
+    slice_spacing_mm: distance between a patient's rendered slices.
+    supersample: phantom sub-pixels per edge pixel side.
     full_view_weight: sampling weight of a full-view grid cell relative to a
       sparse-view cell.
     window_width: display window width, HU.
@@ -70,14 +95,17 @@ class SyntheticSpec:
   slices_per_patient: int
   dose_fractions: tuple[float, ...]
   sparse_views: tuple[int, ...]
+  degradations_per_slice: int = 2
+  kernels: tuple[str, ...] = tuple(acquisition.FILTERS)
+  slice_thicknesses_mm: tuple[float, ...] = SLICE_THICKNESSES_MM
+  pixel_mm_range: tuple[float, float] = PIXEL_MM_RANGE
+  field_of_view_margin: tuple[float, float] = (1.08, 1.3)
   num_raters: int = 5
   seed: int = 0
-  field_of_view_mm: float = 384.0
-  photons_per_bin: float = 1e5
+  photons_per_mm2: float = 2.6e5
   electronic_noise: float = 3.0
-  filter_name: str = 'hann'
   slice_spacing_mm: float = 7.5
-  supersample: int = 2
+  supersample: int = 3
   full_view_weight: float = 2.0
   window_width: float = intensity.WINDOW_WIDTH_HU
   window_level: float = intensity.WINDOW_LEVEL_HU
@@ -100,6 +128,27 @@ class SyntheticSpec:
         raise ValueError(
             f'SyntheticSpec.sparse_views: {views} must be below and divide '
             f'num_views_full ({self.num_views_full}).')
+    cells = len(self.dose_fractions) * (1 + len(self.sparse_views))
+    if not 1 <= self.degradations_per_slice <= cells:
+      raise ValueError(
+          f'SyntheticSpec.degradations_per_slice must be in [1, {cells}] '
+          f'(the grid cells), got {self.degradations_per_slice}.')
+    if not self.kernels or not set(self.kernels) <= set(acquisition.FILTERS):
+      raise ValueError(
+          f'SyntheticSpec.kernels must be non-empty, from '
+          f'{sorted(acquisition.FILTERS)}, got {self.kernels}.')
+    if not self.slice_thicknesses_mm or min(self.slice_thicknesses_mm) <= 0:
+      raise ValueError('SyntheticSpec.slice_thicknesses_mm must be non-empty '
+                       f'and > 0, got {self.slice_thicknesses_mm}.')
+    low, high = self.pixel_mm_range
+    if not 0 < low <= high:
+      raise ValueError('SyntheticSpec.pixel_mm_range must be (low, high) with '
+                       f'0 < low <= high, got {self.pixel_mm_range}.')
+    low, high = self.field_of_view_margin
+    if not 0 < low <= high:
+      raise ValueError('SyntheticSpec.field_of_view_margin must be (low, '
+                       f'high) with 0 < low <= high, got '
+                       f'{self.field_of_view_margin}.')
     if self.num_raters < 1:
       raise ValueError(
           f'SyntheticSpec.num_raters must be >= 1, got {self.num_raters}.')
@@ -107,45 +156,54 @@ class SyntheticSpec:
       raise ValueError('SyntheticSpec.full_view_weight must be > 0, got '
                        f'{self.full_view_weight}.')
 
-  @property
-  def geometry(self) -> acquisition.Geometry:
-    return acquisition.Geometry(
-        image_size=self.image_size,
-        pixel_size_mm=self.field_of_view_mm / self.image_size,
-        num_views=self.num_views_full)
+  def geometry(self, pixel_mm: float) -> acquisition.Geometry:
+    """The scan of a patient with this pixel spacing (mm)."""
+    return acquisition.Geometry(image_size=self.image_size,
+                                pixel_size_mm=pixel_mm,
+                                num_views=self.num_views_full)
 
 
-# 128 px at 3 mm; views scaled from the challenge by 128/512, so that a
-# sparse scan undersamples the 128-px image as 64/128/256 views undersample
-# a 512-px one.
-SMALL_SPEC = SyntheticSpec(
-    image_size=128,
-    num_views_full=256,
-    split_patients={'train': 80, 'validation': 20, 'test': 30, 'unlabeled': 40},
-    slices_per_patient=8,
-    dose_fractions=(1.0, 0.75, 0.5, 0.25),
-    sparse_views=(16, 32, 64),
-    photons_per_bin=1e5,
-    supersample=3,
-)
-
-# 512 px at 0.75 mm; 1000 / 200 / 300 labeled slices as in LDCTIQAC2023,
-# plus 1000 unlabeled.
-CHALLENGE_SPEC = SyntheticSpec(
+# The default: 512 px at 0.6-0.95 mm, 1024 views over 180 degrees (a
+# clinical scanner's ~1000 views per rotation; see docs/DATA.md), the
+# challenge's sparse scans and doses plus 10 % and 5 %; sized to build in
+# about 3 minutes on 2 cores (bench/simulate_bench.py).
+CLINICAL_SPEC = SyntheticSpec(
     image_size=512,
     num_views_full=1024,
-    split_patients={'train': 100, 'validation': 20, 'test': 30, 'unlabeled': 100},
-    slices_per_patient=10,
-    dose_fractions=(1.0, 0.75, 0.5, 0.25),
+    split_patients={'train': 80, 'validation': 16, 'test': 40, 'unlabeled': 32},
+    slices_per_patient=2,
+    dose_fractions=(1.0, 0.75, 0.5, 0.25, 0.1, 0.05),
     sparse_views=(64, 128, 256),
-    photons_per_bin=3.7e5,
-    supersample=2,
 )
+
+# The clinical geometry with LDCTIQAC2023's 1000 / 200 / 300 labeled slices,
+# plus 1000 unlabeled.
+CHALLENGE_SPEC = dataclasses.replace(
+    CLINICAL_SPEC,
+    split_patients={'train': 50, 'validation': 10, 'test': 15, 'unlabeled': 50},
+    slices_per_patient=10,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Degradation:
+  """How one example is scanned and reconstructed from its rendered slice.
+
+  Attributes:
+    dose_fraction: in (0, 1].
+    views: num_views_full, or a sparse count dividing it.
+    kernel: reconstruction kernel, a key of acquisition.FILTERS.
+    slice_thickness_mm: slice thickness, mm (photons per bin scale with it).
+  """
+  dose_fraction: float
+  views: int
+  kernel: str
+  slice_thickness_mm: float
 
 
 def split_sizes(spec: SyntheticSpec) -> dict[str, int]:
-  """Split name -> number of examples (patients x slices per patient)."""
-  return {split: patients * spec.slices_per_patient
+  """Split name -> number of examples (patients x slices x degradations)."""
+  return {split: patients * spec.slices_per_patient * spec.degradations_per_slice
           for split, patients in spec.split_patients.items()}
 
 
@@ -175,6 +233,17 @@ def make_patient(spec: SyntheticSpec, split: str,
       z_range_mm=spec.slices_per_patient * spec.slice_spacing_mm)
 
 
+def patient_pixel_mm(spec: SyntheticSpec, split: str, patient_index: int,
+                     patient: phantoms.Patient | None = None) -> float:
+  """The patient's pixel spacing, mm: the field of view (body width times a
+  margin drawn from spec.field_of_view_margin) over image_size, clipped to
+  spec.pixel_mm_range (deterministic)."""
+  patient = make_patient(spec, split, patient_index) if patient is None else patient
+  rng = np.random.default_rng([spec.seed, _split_code(split), patient_index, 0xF0F])
+  field_of_view = patient.body_width_mm * rng.uniform(*spec.field_of_view_margin)
+  return float(np.clip(field_of_view / spec.image_size, *spec.pixel_mm_range))
+
+
 def make_panel(spec: SyntheticSpec) -> tuple[raters.Rater, ...]:
   """The dataset's rater panel (shared by all splits)."""
   return raters.sample_panel(spec.num_raters,
@@ -185,6 +254,25 @@ def slice_z_mm(spec: SyntheticSpec, slice_index: int) -> float:
   return (slice_index - (spec.slices_per_patient - 1) / 2.0) * spec.slice_spacing_mm
 
 
+def sample_degradations(spec: SyntheticSpec, split: str, patient_index: int,
+                        slice_index: int) -> tuple[Degradation, ...]:
+  """The slice's `degradations_per_slice` degradations (deterministic):
+  distinct grid cells (weighted by full_view_weight), one kernel and one
+  slice thickness for all of them."""
+  grid = degradation_grid(spec)
+  weights = np.array([spec.full_view_weight if views == spec.num_views_full
+                      else 1.0 for _, views in grid])
+  rng = np.random.default_rng(
+      [spec.seed, _split_code(split), patient_index, slice_index, 0xD05E])
+  cells = rng.choice(len(grid), size=spec.degradations_per_slice,
+                     replace=False, p=weights / weights.sum())
+  kernel = str(spec.kernels[rng.integers(len(spec.kernels))])
+  thickness = float(spec.slice_thicknesses_mm[
+      rng.integers(len(spec.slice_thicknesses_mm))])
+  return tuple(Degradation(grid[cell][0], grid[cell][1], kernel, thickness)
+               for cell in cells)
+
+
 @dataclasses.dataclass(frozen=True)
 class SimulatedScan:
   """One slice at one degradation, with what the readers measured.
@@ -192,7 +280,8 @@ class SimulatedScan:
   Attributes:
     example: the dataset example (see `generate_example`).
     image_hu: (N, N) float32 degraded reconstruction, HU.
-    reference_hu: (N, N) float32 noise-free full-view reconstruction, HU.
+    reference_hu: (N, N) float32 noise-free full-view reconstruction (same
+      kernel), HU.
     phantom_hu: (N, N) float32 the rasterised phantom, HU.
     measurements: what the simulated readers measured.
   """
@@ -203,90 +292,122 @@ class SimulatedScan:
   measurements: raters.Measurements
 
 
-def simulate_scan(spec: SyntheticSpec, split: str, patient_index: int,
-                  slice_index: int, dose_fraction: float, views: int,
-                  panel: tuple[raters.Rater, ...] | None = None) -> SimulatedScan:
-  """Scans one slice at one degradation and has it rated (deterministic).
+def _reconstruct_all(sinograms: list[tuple[np.ndarray, str]],
+                     geometry: acquisition.Geometry) -> list[np.ndarray]:
+  """FBP (HU) of (sinogram, kernel) pairs, those with the same views in one
+  call (one NUFFT with several transforms)."""
+  images = [None] * len(sinograms)
+  by_views = {}
+  for position, (sinogram, _) in enumerate(sinograms):
+    by_views.setdefault(sinogram.shape[0], []).append(position)
+  for positions in by_views.values():
+    stack = acquisition.filtered_backprojection(
+        np.stack([sinograms[p][0] for p in positions]), geometry,
+        filter_name=[sinograms[p][1] for p in positions])
+    for position, image in zip(positions, stack):
+      images[position] = intensity.attenuation_to_hu(image)
+  return images
+
+
+def simulate_scans(spec: SyntheticSpec, split: str, patient_index: int,
+                   slice_index: int, degradations: tuple[Degradation, ...],
+                   panel: tuple[raters.Rater, ...] | None = None
+                   ) -> list[SimulatedScan]:
+  """Scans one rendered slice at several degradations and has them rated.
+
+  The slice is rendered and projected once; the noise-free reconstructions
+  the raters compare against are shared where kernels and views agree.
 
   Args:
     spec: the dataset.
     split: split name (part of the patient's seed).
     patient_index: patient within the split.
     slice_index: slice within the patient.
-    dose_fraction: in (0, 1].
-    views: spec.num_views_full, or a count dividing it.
+    degradations: the scans to make (`sample_degradations` for the
+      dataset's).
     panel: the raters (default `make_panel(spec)`).
 
   Returns:
-    SimulatedScan; its noise and the raters' draws depend on all arguments.
+    One SimulatedScan per degradation (deterministic: its noise and the
+    raters' draws depend on all arguments).
   """
-  geometry = spec.geometry
   panel = make_panel(spec) if panel is None else panel
   patient = make_patient(spec, split, patient_index)
+  pixel_mm = patient_pixel_mm(spec, split, patient_index, patient)
+  geometry = spec.geometry(pixel_mm)
   slice_ = phantoms.render_slice(
       patient, slice_z_mm(spec, slice_index), image_size=spec.image_size,
-      pixel_size_mm=geometry.pixel_size_mm, supersample=spec.supersample)
+      pixel_size_mm=pixel_mm, supersample=spec.supersample)
   full_sinogram = acquisition.forward_project(
       intensity.hu_to_attenuation(slice_.hu), geometry)
-  sinogram = full_sinogram[acquisition.view_indices(spec.num_views_full, views)]
-  rng = np.random.default_rng([
-      spec.seed, _split_code(split), patient_index, slice_index,
-      int(round(dose_fraction * 1e6)), views])
-  noisy = acquisition.noisy_line_integrals(
-      sinogram, photons_per_bin=spec.photons_per_bin,
-      dose_fraction=dose_fraction, electronic_noise=spec.electronic_noise,
-      rng=rng)
 
-  def reconstruct(sinograms):
-    return intensity.attenuation_to_hu(acquisition.filtered_backprojection(
-        np.stack(sinograms), geometry, filter_name=spec.filter_name))
+  # Everything to reconstruct, without repeats: (views, kernel, noisy-or-not).
+  requests, rngs = {}, []
+  for degradation in degradations:
+    views, kernel = degradation.views, degradation.kernel
+    rng = np.random.default_rng([
+        spec.seed, _split_code(split), patient_index, slice_index,
+        int(round(degradation.dose_fraction * 1e6)), views,
+        int(round(degradation.slice_thickness_mm * 1e3)),
+        zlib.crc32(kernel.encode())])
+    rngs.append(rng)
+    sinogram = full_sinogram[acquisition.view_indices(spec.num_views_full, views)]
+    requests[degradation] = (acquisition.noisy_line_integrals(
+        sinogram, photons_per_bin=spec.photons_per_mm2 * pixel_mm *
+        degradation.slice_thickness_mm,
+        dose_fraction=degradation.dose_fraction,
+        electronic_noise=spec.electronic_noise, rng=rng), kernel)
+    requests[views, kernel] = (sinogram, kernel)
+    requests[spec.num_views_full, kernel] = (full_sinogram, kernel)
+  images = dict(zip(requests, _reconstruct_all(list(requests.values()),
+                                               geometry)))
 
-  if views == spec.num_views_full:
-    image_hu, reference_hu = reconstruct([noisy, full_sinogram])
-    noiseless_hu = reference_hu
-  else:
-    image_hu, noiseless_hu = reconstruct([noisy, sinogram])
-    reference_hu, = reconstruct([full_sinogram])
-  measurements = raters.measure(image_hu, noiseless_hu, reference_hu, slice_)
-  rater_scores = raters.rate(measurements, panel, rng)
-  example = {
-      'image': intensity.window_to_unit(
-          image_hu, spec.window_width, spec.window_level)[..., None],
-      'score': np.float32(rater_scores.mean()),
-      'rater_scores': rater_scores,
-      'dose_fraction': np.float32(dose_fraction),
-      'views': np.int32(views),
-      'patient_id': patient_id(split, patient_index),
-      'slice_index': np.int32(slice_index),
-  }
-  return SimulatedScan(example=example, image_hu=image_hu.astype(np.float32),
-                       reference_hu=reference_hu.astype(np.float32),
-                       phantom_hu=slice_.hu, measurements=measurements)
+  scans = []
+  for degradation, rng in zip(degradations, rngs):
+    image_hu = images[degradation]
+    reference_hu = images[spec.num_views_full, degradation.kernel]
+    measurements = raters.measure(
+        image_hu, images[degradation.views, degradation.kernel], reference_hu,
+        slice_)
+    rater_scores = raters.rate(measurements, panel, rng)
+    example = {
+        'image': intensity.unit_to_uint8(intensity.window_to_unit(
+            image_hu, spec.window_width, spec.window_level))[..., None],
+        'score': np.float32(rater_scores.mean()),
+        'rater_scores': rater_scores,
+        'dose_fraction': np.float32(degradation.dose_fraction),
+        'views': np.int32(degradation.views),
+        'pixel_mm': np.float32(pixel_mm),
+        'slice_thickness_mm': np.float32(degradation.slice_thickness_mm),
+        'kernel': degradation.kernel,
+        'patient_id': patient_id(split, patient_index),
+        'slice_index': np.int32(slice_index),
+    }
+    scans.append(SimulatedScan(
+        example=example, image_hu=image_hu.astype(np.float32),
+        reference_hu=reference_hu.astype(np.float32), phantom_hu=slice_.hu,
+        measurements=measurements))
+  return scans
 
 
-def sample_degradation(spec: SyntheticSpec, split: str, patient_index: int,
-                       slice_index: int) -> tuple[float, int]:
-  """The grid cell a slice is scanned at (deterministic)."""
-  grid = degradation_grid(spec)
-  weights = np.array([spec.full_view_weight if views == spec.num_views_full
-                      else 1.0 for _, views in grid])
-  rng = np.random.default_rng(
-      [spec.seed, _split_code(split), patient_index, slice_index, 0xD05E])
-  return grid[int(rng.choice(len(grid), p=weights / weights.sum()))]
+def simulate_scan(spec: SyntheticSpec, split: str, patient_index: int,
+                  slice_index: int, dose_fraction: float, views: int,
+                  panel: tuple[raters.Rater, ...] | None = None, *,
+                  kernel: str | None = None,
+                  slice_thickness_mm: float | None = None) -> SimulatedScan:
+  """One slice at one (dose, views) cell (`simulate_scans`); the kernel and
+  thickness default to the ones the dataset draws for the slice."""
+  drawn = sample_degradations(spec, split, patient_index, slice_index)[0]
+  degradation = Degradation(
+      float(dose_fraction), int(views), drawn.kernel if kernel is None else kernel,
+      drawn.slice_thickness_mm if slice_thickness_mm is None else
+      float(slice_thickness_mm))
+  return simulate_scans(spec, split, patient_index, slice_index,
+                        (degradation,), panel)[0]
 
 
-def generate_example(spec: SyntheticSpec, split: str,
-                     index: int) -> tuple[str, dict]:
-  """Example `index` of `split` (a pure function of its arguments).
-
-  Returns:
-    (key, example): key '<patient_id>-<slice>' unique in the split; example
-    {'image': (N, N, 1) float32 in [0, 1] (windowed), 'score': float32 mean
-    of the rater scores (0..4), 'rater_scores': (R,) float32 integers 0..4,
-    'dose_fraction': float32 (1.0 = full dose), 'views': int32
-    (num_views_full when not sparse), 'patient_id': str, 'slice_index':
-    int32}.
-  """
+def _locate(spec: SyntheticSpec, split: str, index: int) -> tuple[int, int, int]:
+  """(patient, slice, degradation) of example `index` of `split`."""
   if split not in spec.split_patients:
     raise ValueError(f'Unknown split {split!r}; the spec has '
                      f'{sorted(spec.split_patients)}.')
@@ -294,15 +415,42 @@ def generate_example(spec: SyntheticSpec, split: str,
   if not 0 <= index < size:
     raise ValueError(f'Example index {index} out of range for split {split!r} '
                      f'of {size} examples.')
-  patient_index, slice_index = divmod(index, spec.slices_per_patient)
-  dose_fraction, views = sample_degradation(spec, split, patient_index,
-                                            slice_index)
-  scan = simulate_scan(spec, split, patient_index, slice_index, dose_fraction,
-                       views)
-  return f'{scan.example["patient_id"]}-{slice_index:03d}', scan.example
+  rendered, degradation = divmod(index, spec.degradations_per_slice)
+  patient_index, slice_index = divmod(rendered, spec.slices_per_patient)
+  return patient_index, slice_index, degradation
+
+
+def generate_slice(spec: SyntheticSpec, split: str, patient_index: int,
+                   slice_index: int) -> list[tuple[str, dict]]:
+  """The examples of one rendered slice, in index order (one projection).
+
+  Returns:
+    [(key, example)] * degradations_per_slice: key
+    '<patient_id>-<slice>-<degradation>' unique in the split; example
+    {'image': (N, N, 1) uint8, the W/L-windowed slice times 255 rounded,
+    'score': float32 mean of the rater scores (0..4), 'rater_scores': (R,)
+    float32 integers 0..4, 'dose_fraction': float32 (1.0 = full dose),
+    'views': int32 (num_views_full when not sparse), 'pixel_mm': float32
+    (square pixels), 'slice_thickness_mm': float32, 'kernel': str,
+    'patient_id': str, 'slice_index': int32}.
+  """
+  scans = simulate_scans(spec, split, patient_index, slice_index,
+                         sample_degradations(spec, split, patient_index,
+                                             slice_index))
+  return [(f'{patient_id(split, patient_index)}-{slice_index:03d}-{d}',
+           scan.example) for d, scan in enumerate(scans)]
+
+
+def generate_example(spec: SyntheticSpec, split: str,
+                     index: int) -> tuple[str, dict]:
+  """Example `index` of `split` (a pure function of its arguments; see
+  `generate_slice` for the fields)."""
+  patient_index, slice_index, degradation = _locate(spec, split, index)
+  return generate_slice(spec, split, patient_index, slice_index)[degradation]
 
 
 def generate_split(spec: SyntheticSpec, split: str) -> Iterator[tuple[str, dict]]:
-  """All examples of a split, in index order (see `generate_example`)."""
-  for index in range(split_sizes(spec)[split]):
-    yield generate_example(spec, split, index)
+  """All examples of a split, in index order (see `generate_slice`)."""
+  for rendered in range(split_sizes(spec)[split] // spec.degradations_per_slice):
+    yield from generate_slice(spec, split, *divmod(rendered,
+                                                   spec.slices_per_patient))
