@@ -1,16 +1,16 @@
-"""The embedded default: tiny MD-IQA on the small synthetic dataset, CPU-friendly.
+"""The embedded default: tiny MD-IQA on the clinical synthetic dataset, CPU-friendly.
 
   python -m mdiqa_jax.train --config=configs/default.py --workdir=/tmp/mdiqa
 
-builds 'ldct_iqa_synthetic/small' (640 / 160 / 240 slices of 128 px), trains
-16 epochs (640 steps of 16) and evaluates on the test split. Tuned so that the
-whole job fits a 2-core CPU in well under 20 minutes (measured from a fresh
-venv: 304 s in all on an idle machine, 11 min on a loaded one) with test
-SROCC 0.92:
-- 96 x 96 windows (crop_fraction 0.75): native pixels, no resampling, and
-  about half the compute of 128 px windows;
-- learning rate 1e-3 (2e-3 reached only SROCC 0.88 in 12 epochs);
-- 16 epochs (10 gave SROCC 0.91 on the test split, 30 at 128 px 0.94).
+builds 'ldct_iqa_synthetic/clinical' (512 x 512 slices at 0.6-0.95 mm, see
+docs/DATA.md), trains the 1 M-parameter model for 16 epochs on one random
+96 x 96 tile of NATIVE pixels per slice (inside the body; no resizing), and
+evaluates the best checkpoint on the test split by scoring every slice
+whole, tile by tile, as mdiqa-predict does (slice_scoring.py). Why these
+values:
+- 96-pixel tiles: 7-11 cm of anatomy, enough to see noise grain and streaks,
+  and about half the compute of 128-pixel tiles;
+- learning rate 1e-3, 16 epochs (as tuned for the earlier 128-pixel default).
 These values live in mdiqa_jax/config_base.py, so configs/ablations/full.py
 trains exactly this model.
 """

@@ -171,8 +171,8 @@ def test_bad_arguments_name_what_was_expected(tmp_path):
   with pytest.raises(ValueError, match='FIELD=VALUE'):
     sweep.parse_override('num_train_steps')
   assert sweep.parse_override('optim.learning_rate=3e-4') == ('optim.learning_rate', 3e-4)
-  assert sweep.parse_override('data.name=ldct_iqa_synthetic/small') == (
-      'data.name', 'ldct_iqa_synthetic/small')
+  assert sweep.parse_override('data.name=ldct_iqa_synthetic/clinical') == (
+      'data.name', 'ldct_iqa_synthetic/clinical')
   path = _write_row(str(tmp_path), 'a')
   with pytest.raises(ValueError, match='no field'):
     sweep.load_config(path, 0, ['optim.no_such_field=1'])
