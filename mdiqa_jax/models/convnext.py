@@ -7,6 +7,12 @@ LayerNorm + 2x2 stride-2 conv, of blocks
 All LayerNorms normalise over channels with eps 1e-6; GELU is exact (erf).
 timm's `conv_mlp` variants (atto .. nano: 1x1 convs instead of Linear layers)
 compute the same function and load into the same parameters.
+
+The depthwise 7x7 convolution goes through `mdiqa_jax.ops.depthwise_conv2d`
+(`depthwise_implementation`: 'auto' picks shifted multiply-adds on CPU, XLA's
+grouped convolution elsewhere); its parameters are those of
+`nn.Conv(C, (7, 7), feature_group_count=C)`. `remat=True` recomputes each
+block's activations in the backward pass instead of storing them.
 """
 from typing import Any, Sequence
 
@@ -14,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mdiqa_jax.ops import depthwise_conv2d
 
 LAYER_NORM_EPSILON = 1e-6
 
@@ -37,17 +45,37 @@ def convnext_config(name: str) -> dict[str, Any]:
   return dict(_PRESETS[name])
 
 
+class DepthwiseConv(nn.Module):
+  """Depthwise k x k convolution with bias, 'same' padding; (B, H, W, C) -> same.
+
+  Parameters 'kernel' (k, k, 1, C) and 'bias' (C,), initialised as nn.Conv's.
+  """
+  kernel_size: int = 7
+  implementation: str = 'auto'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (self.kernel_size, self.kernel_size, 1, channels))
+    bias = self.param('bias', nn.initializers.zeros_init(), (channels,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return depthwise_conv2d(x, kernel, padding=self.kernel_size // 2,
+                            implementation=self.implementation) + bias
+
+
 class ConvNeXtBlock(nn.Module):
   """One ConvNeXt block on (B, H, W, C); returns the same shape."""
   drop_path: float = 0.0
   layer_scale_init: float = 1e-6
   dtype: Any = jnp.float32
+  depthwise_implementation: str = 'auto'
 
   @nn.compact
-  def __call__(self, x, *, train=False):
+  def __call__(self, x, train=False):
     channels = x.shape[-1]
-    y = nn.Conv(channels, (7, 7), padding=3, feature_group_count=channels,
-                dtype=self.dtype, name='conv_dw')(x)
+    y = DepthwiseConv(7, self.depthwise_implementation, self.dtype, name='conv_dw')(x)
     y = _layer_norm(self.dtype, 'norm')(y)
     y = nn.Dense(4 * channels, dtype=self.dtype, name='fc1')(y)
     y = nn.gelu(y, approximate=False)
@@ -74,12 +102,16 @@ class ConvNeXt(nn.Module):
       (timm `forward_head(..., pre_logits=True)`).
   Stochastic depth rises linearly from 0 to `drop_path` over all blocks, as in
   timm; it needs the 'dropout' rng when train=True and drop_path > 0.
+  `depthwise_implementation` is passed to `depthwise_conv2d`; `remat`
+  rematerialises every block.
   """
   depths: Sequence[int] = (3, 3, 9, 3)
   widths: Sequence[int] = (96, 192, 384, 768)
   drop_path: float = 0.0
   layer_scale_init: float = 1e-6
   dtype: Any = jnp.float32
+  depthwise_implementation: str = 'auto'
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, *, train=False):
@@ -87,6 +119,8 @@ class ConvNeXt(nn.Module):
       raise ValueError(f'ConvNeXt needs 4 stages; got depths={tuple(self.depths)}, '
                        f'widths={tuple(self.widths)}.')
     drop_rates = np.linspace(0.0, self.drop_path, sum(self.depths))
+    # static_argnums counts self: argument 2 is `train`.
+    block_class = nn.remat(ConvNeXtBlock, static_argnums=(2,)) if self.remat else ConvNeXtBlock
     x = nn.Conv(self.widths[0], (4, 4), strides=(4, 4), padding='VALID',
                 dtype=self.dtype, name='stem_conv')(x)
     x = _layer_norm(self.dtype, 'stem_norm')(x)
@@ -98,8 +132,9 @@ class ConvNeXt(nn.Module):
         x = nn.Conv(width, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype,
                     name=f'stage{stage}_downsample_conv')(x)
       for block in range(depth):
-        x = ConvNeXtBlock(float(drop_rates[block_index]), self.layer_scale_init, self.dtype,
-                          name=f'stage{stage}_block{block}')(x, train=train)
+        x = block_class(float(drop_rates[block_index]), self.layer_scale_init, self.dtype,
+                        self.depthwise_implementation,
+                        name=f'stage{stage}_block{block}')(x, train)
         block_index += 1
       stages.append(x)
     pre_logits = _layer_norm(self.dtype, 'head_norm')(x.mean(axis=(1, 2)))

@@ -12,23 +12,10 @@ largest intermediate holds 4 * B * Ho * Wo * kh * kw * Cin values (no dense
 interpolation matrix), and the op is differentiable in the input, offsets, mask
 and kernel through ordinary JAX autodiff.
 """
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 
-IntPair = int | Sequence[int]
-
-
-def _as_pair(name: str, value: IntPair, minimum: int) -> tuple[int, int]:
-  """Returns `value` as (height, width) ints, each checked to be >= minimum."""
-  pair = (value, value) if isinstance(value, int) else tuple(value)
-  if (len(pair) != 2 or not all(isinstance(v, int) for v in pair)
-      or min(pair) < minimum):
-    raise ValueError(
-        f'deform_conv2d: {name} must be an int or a pair of ints >= {minimum}, '
-        f'got {value!r}.')
-  return pair
+from mdiqa_jax.ops.arguments import IntPair, as_pair
 
 
 def _check_shape(name: str, array: jax.Array, expected: tuple[int, ...],
@@ -113,9 +100,9 @@ def deform_conv2d(x: jax.Array,
   Raises:
     ValueError: if an argument's shape or a hyper-parameter is inconsistent.
   """
-  stride_h, stride_w = _as_pair('stride', stride, minimum=1)
-  pad_h, pad_w = _as_pair('padding', padding, minimum=0)
-  dilation_h, dilation_w = _as_pair('dilation', dilation, minimum=1)
+  stride_h, stride_w = as_pair('deform_conv2d', 'stride', stride, minimum=1)
+  pad_h, pad_w = as_pair('deform_conv2d', 'padding', padding, minimum=0)
+  dilation_h, dilation_w = as_pair('deform_conv2d', 'dilation', dilation, minimum=1)
   if x.ndim != 4:
     raise ValueError(
         f'deform_conv2d: x must be (B, H, W, Cin), got shape {x.shape}.')
