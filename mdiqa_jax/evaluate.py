@@ -11,14 +11,25 @@ slice, patches pooled by their weights and body fraction), and writes to
   predictions.csv   index, label, score, uncertainty, per-scale scores
   scatter.png       prediction vs label, uncertainty as error bars, metrics in
                     the title
+The three files are one set: all are written to temporary files first and
+then renamed into place together, with SIGTERM / SIGINT held back meanwhile,
+so a full disk, a signal or a crash leaves the previous report whole, never
+files from two evaluations. A best step that does not restore is reported
+and the next one is evaluated (`checkpointing.load_inference_checkpoint`);
+metrics.json names the step used. Errors a user can fix (no such workdir,
+split or checkpoint) end in one line on stderr and status 1.
 The training job calls the same functions at the end of training.
 """
+import contextlib
 import csv
 import functools
 import io
+import json
 import math
 import os
-from typing import Any, Dict, Optional
+import signal
+import threading
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from absl import app
 from absl import flags
@@ -31,6 +42,8 @@ import numpy as np
 import tqdm
 
 from mdiqa_jax import checkpointing
+from mdiqa_jax import command_errors
+from mdiqa_jax import config_validation
 from mdiqa_jax import files
 from mdiqa_jax import metrics as metrics_lib
 from mdiqa_jax import models
@@ -128,12 +141,48 @@ def compute_metrics(predictions: Predictions) -> Dict[str, float]:
   return metrics_lib.all_metrics(predictions['score'], predictions['label'])
 
 
+REPORT_FILES = ('metrics.json', 'predictions.csv', 'scatter.png')
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+  """Holds SIGTERM and SIGINT back for the block, then delivers them.
+
+  Python runs signal handlers in the main thread whichever thread the kernel
+  picked, so swapping the handlers (not the thread's signal mask) is what
+  defers them in a process with JAX's threads.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
+              for number in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    for number, handler in previous.items():
+      signal.signal(number, handler)
+    for number in received:
+      if callable(previous[number]):
+        previous[number](number, None)
+      elif previous[number] == signal.SIG_DFL:
+        signal.raise_signal(number)
+
+
+def _write_set(output_dir: str, writers: Dict[str, Callable[[str], None]]) -> None:
+  """Writes {name: write(path)} into output_dir as one set (module docstring)."""
+  with _signals_held(), contextlib.ExitStack() as stack:
+    for name, write in writers.items():
+      write(stack.enter_context(files.atomic_path(os.path.join(output_dir, name))))
+    # Leaving the stack renames every temporary onto its file.
+
+
 def write_report(predictions: Predictions, metrics: Dict[str, float], output_dir: str, *,
                  split: str, checkpoint: str) -> None:
-  """Writes metrics.json, predictions.csv and scatter.png into output_dir, each atomically."""
+  """Writes metrics.json, predictions.csv and scatter.png into output_dir, as one set."""
   summary = dict(metrics, split=split, num_examples=int(predictions['index'].size),
                  checkpoint=checkpoint)
-  files.write_json_atomically(os.path.join(output_dir, 'metrics.json'), summary)
 
   num_scales = predictions['scale_scores'].shape[1]
   table = io.StringIO()
@@ -147,7 +196,6 @@ def write_report(predictions: Predictions, metrics: Dict[str, float], output_dir
                     [f'{predictions[key][i]:.9g}' for key in ('label', 'score',
                                                                'uncertainty')] +
                     [f'{value:.9g}' for value in predictions['scale_scores'][i]])
-  files.write_text_atomically(os.path.join(output_dir, 'predictions.csv'), table.getvalue())
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -163,8 +211,20 @@ def write_report(predictions: Predictions, metrics: Dict[str, float], output_dir
                  f'overall {metrics["overall"]:.4f}', fontsize=10)
   axis.grid(alpha=0.3)
   figure.tight_layout()
-  files.save_figure_atomically(figure, os.path.join(output_dir, 'scatter.png'), dpi=120)
-  plt.close(figure)
+
+  def write_text(text: str) -> Callable[[str], None]:
+    def write(path: str) -> None:
+      with open(path, 'w', encoding='utf-8', newline='') as f:
+        f.write(text)
+    return write
+
+  try:
+    _write_set(output_dir, dict(zip(REPORT_FILES, (
+        write_text(json.dumps(summary, indent=2, sort_keys=True) + '\n'),
+        write_text(table.getvalue()),
+        lambda path: figure.savefig(path, dpi=120)))))
+  finally:
+    plt.close(figure)
 
 
 def format_metrics(metrics: Dict[str, float]) -> str:
@@ -180,17 +240,25 @@ def evaluate_checkpoint(path: str, split: str, *,
   Writes the report (process 0) into output_dir (default
   <workdir>/eval_<split>) and returns the metrics. `predict_fn` (from
   slice_scoring.make_tile_predict_fn of the same model) saves a compilation when the caller has one.
+  Raises:
+    config_validation.ConfigError: the run's dataset has no such split.
+    checkpointing.CheckpointError: no step restores (or the named one does not).
+    FileNotFoundError: `path` is no training workdir or step directory.
   """
-  workdir, step = checkpointing.resolve_checkpoint(path)
-  config, params = checkpointing.load_for_inference(path)
-  predictions = predict_split(config, params, split, predict_fn=predict_fn,
+  loaded = checkpointing.load_inference_checkpoint(path)
+  try:
+    pipeline.num_examples(loaded.config.data, split)
+  except (KeyError, ValueError) as e:
+    raise config_validation.ConfigError(
+        f'split {split!r}: not a split of {loaded.config.data.name} '
+        f'({command_errors.one_line(e)})') from e
+  predictions = predict_split(loaded.config, loaded.params, split, predict_fn=predict_fn,
                               show_progress=show_progress)
   metrics = compute_metrics(predictions)
   if jax.process_index() == 0:
-    output_dir = output_dir or os.path.join(workdir, f'eval_{split.replace(":", "_")}')
-    write_report(predictions, metrics, output_dir, split=split,
-                 checkpoint=os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(step)))
-    logging.info('Wrote %s/{metrics.json,predictions.csv,scatter.png}', output_dir)
+    output_dir = output_dir or os.path.join(loaded.workdir, f'eval_{split.replace(":", "_")}')
+    write_report(predictions, metrics, output_dir, split=split, checkpoint=loaded.step_dir)
+    logging.info('Wrote %s/{%s}', output_dir, ','.join(REPORT_FILES))
   return metrics
 
 
@@ -223,7 +291,7 @@ def main(argv, command_flags: Dict[str, Any]):
 
 def run():
   """Console entry point `mdiqa-evaluate`."""
-  app.run(functools.partial(main, command_flags=_define_flags()))
+  command_errors.run(functools.partial(main, command_flags=_define_flags()), 'mdiqa-evaluate')
 
 
 if __name__ == '__main__':

@@ -17,6 +17,18 @@ parameter norm of every step since the previous save were found finite
 (metrics are fetched from the devices at log, eval and save steps only, so
 steps in between stay pipelined).
 
+Before anything is written the config is validated whole
+(`config_validation`: every field, the model it builds, the splits it
+names), and the job takes the workdir's lock: a second training on the same
+workdir stops at once, naming the first (`checkpointing.workdir_lock`). A
+saved step that does not restore is reported, set aside, and the previous
+one is resumed from (`checkpointing.restore_newest_intact`). SIGTERM at any
+phase exits with status 0 and leaves nothing half-written: in the train loop
+it saves first; while building the data, restoring or evaluating the test
+split it stops at once (reports are written atomically), and the rerun does
+what remains. Errors a user can fix end in one line on stderr and status 1
+(`command_errors`; MDIQA_TRACEBACK=1 keeps the traceback).
+
 Multi-host: set --config.distributed=True; `jax.distributed.initialize()`
 then finds the cluster by itself on Cloud TPU, SLURM and Open MPI, or from
 --coordinator_address / --num_processes / --process_id.
@@ -24,7 +36,7 @@ then finds the cluster by itself on Cloud TPU, SLURM and Open MPI, or from
 import functools
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 from absl import app
 from absl import flags
@@ -35,8 +47,11 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 import tensorboardX
+import tensorflow_datasets as tfds
 
 from mdiqa_jax import checkpointing
+from mdiqa_jax import command_errors
+from mdiqa_jax import config_validation
 from mdiqa_jax import convert
 from mdiqa_jax import evaluate
 from mdiqa_jax import losses
@@ -47,7 +62,7 @@ from mdiqa_jax import train_step as train_step_lib
 from mdiqa_jax.data import pipeline
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(command_errors.UserError, FloatingPointError):
   """Training produced a NaN/inf loss, gradient or parameter norm."""
 
 
@@ -79,14 +94,24 @@ def load_pretrained_backbones(config: ml_collections.ConfigDict, params: Any) ->
   return params
 
 
-def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
-  devices = jax.device_count()
-  for field in ('batch_size', 'eval_batch_size'):
-    value = config[field]
-    if value < 1 or value % devices:
-      raise ValueError(f'config.{field}={value} must be a positive multiple of the number '
-                       f'of devices ({devices}: {jax.process_count()} host(s) x '
-                       f'{jax.local_device_count()}).')
+def prepare_and_validate_data(config: ml_collections.ConfigDict) -> None:
+  """Builds the dataset if absent (process 0) and checks the splits the run names.
+
+  Raises:
+    config_validation.ConfigError: for an unknown dataset or split, or a
+      training split smaller than one batch.
+  """
+  if jax.process_index() == 0:
+    try:
+      pipeline.prepare_dataset(config.data)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise config_validation.ConfigError(
+          f'config.data.name={config.data.name!r}: '
+          f'{command_errors.one_line(e).split(" Available")[0]}') from e
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('mdiqa_jax: dataset prepared')
+  config_validation.validate_splits(
+      config, functools.partial(pipeline.num_examples, config.data))
 
 
 def _split_exists(data_config: ml_collections.ConfigDict, split: str) -> bool:
@@ -158,17 +183,35 @@ class _MetricsBuffer:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (resuming from workdir if possible), then evaluates on the test split.
 
+  Raises:
+    config_validation.ConfigError: before anything is written, for any bad
+      config field or split.
+    checkpointing.WorkdirLockedError: another training holds the workdir.
+    NonFiniteLossError: a NaN/inf loss (the last good checkpoint is kept).
   Returns:
     {'step': steps done, 'preempted': bool, 'validation': last validation
     metrics or None, 'test': test metrics or None}.
   """
   workdir = checkpointing.absolute_path(workdir)
+  config_validation.validate_config(config)
+  result = {'step': 0, 'preempted': False, 'validation': None, 'test': None}
+  with checkpointing.PreemptionWatcher() as watcher:
+    try:
+      prepare_and_validate_data(config)
+      with checkpointing.workdir_lock(workdir):
+        _train_and_evaluate(config, workdir, watcher, result)
+    except checkpointing.Preemption:
+      logging.warning('SIGTERM: stopped at step %d before the job ended; everything it wrote '
+                      'is complete. Rerun the same command to continue.', result['step'])
+      result['preempted'] = True
+  return result
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        watcher: checkpointing.PreemptionWatcher,
+                        result: Dict[str, Any]) -> None:
+  """The job of `train_and_evaluate` once the data and the lock are there; fills `result`."""
   process_index, process_count = jax.process_index(), jax.process_count()
-  _check_batch_sizes(config)
-  if process_index == 0:
-    pipeline.prepare_dataset(config.data)
-  if process_count > 1:
-    multihost_utils.sync_global_devices('mdiqa_jax: dataset prepared')
   num_train_examples = pipeline.num_examples(config.data, config.data.train_split)
   total_steps = total_train_steps(config, num_train_examples)
 
@@ -186,92 +229,98 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   parallel = train_step_lib.DataParallel(
       train_step_lib.make_train_step(config, model, loss_fn, tx, learning_rate_fn),
       config.parallel)
-  train_iterator = pipeline.create_train_iterator(
-      config.data, batch_size_per_host=config.batch_size // process_count, seed=config.seed,
+  make_iterator = functools.partial(
+      pipeline.create_train_iterator, config.data,
+      batch_size_per_host=config.batch_size // process_count, seed=config.seed,
       process_index=process_index, process_count=process_count)
+  train_iterator = make_iterator()
   manager = checkpointing.create_manager(
       workdir, keep_last=config.keep_checkpoints, keep_best=config.keep_best,
       async_save=bool(config.async_checkpointing))
 
-  start_step = manager.latest_step() or 0
+  had_steps = bool(manager.all_steps())
+  start_step, state = checkpointing.restore_newest_intact(
+      manager, workdir, train_step_lib.abstract_state(make_state, parallel.replicated_sharding),
+      train_iterator)
   if start_step:
-    state = checkpointing.restore(
-        manager, start_step,
-        train_step_lib.abstract_state(make_state, parallel.replicated_sharding),
-        train_iterator)
     logging.info('Resumed from %s at step %d.', workdir, start_step)
   else:
     state = make_state()
+    if had_steps:  # A failed restore may have moved the iterator.
+      logging.warning('No checkpoint of %s restores; training from the start.', workdir)
+      train_iterator = make_iterator()
   del params
   state = parallel.replicate(state)
   checkpointing.save_config(config, workdir)
 
-  eval_enabled = config.eval_every_steps > 0 and _split_exists(config.data,
-                                                               config.data.eval_split)
+  eval_enabled = config.eval_every_steps > 0 and bool(config.data.eval_split)
   predict_fn = slice_scoring.make_tile_predict_fn(model)
   writer = SummaryWriter(workdir)
   buffer = _MetricsBuffer(parallel)
-  result = {'step': start_step, 'preempted': False, 'validation': None, 'test': None}
+  result['step'] = start_step
   logging.info('Training %d steps (%d examples, global batch %d, %d device(s), %s).',
                total_steps, num_train_examples, config.batch_size, jax.device_count(),
                config.parallel)
   step = start_step
   window_start, window_steps = time.time(), 0
+  finished = False
   try:
-    with checkpointing.PreemptionWatcher(manager) as watcher:
-      while step < total_steps:
-        state, metrics = parallel.step(state, parallel.shard_batch(next(train_iterator)))
-        step += 1
-        window_steps += 1
-        buffer.add(step, metrics)
-        is_last = step == total_steps
-        preempted = watcher.should_stop(step)
-        log_now = step % config.log_every_steps == 0 or is_last or preempted
-        eval_now = eval_enabled and (step % config.eval_every_steps == 0 or is_last)
-        save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
-        if not (log_now or eval_now or save_now):
-          continue
-        buffer.check_finite()
-        if log_now:
-          _log_train_metrics(writer, buffer.pop_means(), step, total_steps,
-                             steps=window_steps, images=window_steps * config.batch_size,
-                             seconds=time.time() - window_start)
-          window_start, window_steps = time.time(), 0
-        step_validation = {}
-        if eval_now:
-          eval_params = parallel.fetch(
-              state.ema_params if config.optim.ema_decay else state.params)
-          predictions = evaluate.predict_split(config, eval_params, config.data.eval_split,
-                                               predict_fn=predict_fn)
-          step_validation = result['validation'] = evaluate.compute_metrics(predictions)
-          writer.write_scalars(step, {f'validation/{k}': v for k, v in step_validation.items()})
-          logging.info('step %d validation (%s): %s', step, config.data.eval_split,
-                       evaluate.format_metrics(step_validation))
-        if save_now:
-          checkpointing.save(manager, step, parallel.to_global(state), train_iterator,
-                             metrics=step_validation)
-        if preempted:
-          logging.warning('SIGTERM: saved step %d to %s; rerun the same command to resume.',
-                          step, workdir)
-          result['preempted'] = True
-          break
-    result['step'] = step
-  except NonFiniteLossError as error:
-    manager.wait_until_finished()
-    last_good = manager.latest_step()
-    where = (f'the last good checkpoint is step {last_good} in '
-             f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}'
-             if last_good is not None else 'no checkpoint was written')
-    raise NonFiniteLossError(
-        f'{error} Training stopped; {where}. Lower config.optim.learning_rate, raise '
-        'config.optim.warmup_steps or set config.optim.grad_clip_norm, then rerun (it '
-        'resumes from that checkpoint).') from None
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
+    with watcher.polling():
+      stopping_on_error = True
+      try:
+        while step < total_steps:
+          state, metrics = parallel.step(state, parallel.shard_batch(next(train_iterator)))
+          step += 1
+          window_steps += 1
+          buffer.add(step, metrics)
+          is_last = step == total_steps
+          preempted = watcher.should_stop(step)
+          log_now = step % config.log_every_steps == 0 or is_last or preempted
+          eval_now = eval_enabled and (step % config.eval_every_steps == 0 or is_last)
+          save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
+          if not (log_now or eval_now or save_now):
+            continue
+          buffer.check_finite()
+          if log_now:
+            _log_train_metrics(writer, buffer.pop_means(), step, total_steps,
+                               steps=window_steps, images=window_steps * config.batch_size,
+                               seconds=time.time() - window_start)
+            window_start, window_steps = time.time(), 0
+          step_validation = {}
+          if eval_now:
+            eval_params = parallel.fetch(
+                state.ema_params if config.optim.ema_decay else state.params)
+            predictions = evaluate.predict_split(config, eval_params, config.data.eval_split,
+                                                 predict_fn=predict_fn)
+            step_validation = result['validation'] = evaluate.compute_metrics(predictions)
+            writer.write_scalars(step, {f'validation/{k}': v
+                                        for k, v in step_validation.items()})
+            logging.info('step %d validation (%s): %s', step, config.data.eval_split,
+                         evaluate.format_metrics(step_validation))
+          if save_now:
+            checkpointing.save(manager, step, parallel.to_global(state), train_iterator,
+                               metrics=step_validation)
+          if preempted:
+            logging.warning('SIGTERM: saved step %d to %s; rerun the same command to resume.',
+                            step, workdir)
+            result['preempted'] = True
+            break
+        result['step'] = step
+        stopping_on_error = False
+      except NonFiniteLossError as error:
+        manager.wait_until_finished()
+        last_good = manager.latest_step()
+        where = (f'the last good checkpoint is step {last_good} in '
+                 f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}'
+                 if last_good is not None else 'no checkpoint was written')
+        raise NonFiniteLossError(
+            f'{error} Training stopped; {where}. Lower config.optim.learning_rate, raise '
+            'config.optim.warmup_steps or set config.optim.grad_clip_norm, then rerun (it '
+            'resumes from that checkpoint).') from None
+      finally:
+        _close_all([manager.wait_until_finished, manager.close, writer.flush],
+                   error_in_flight=stopping_on_error)
 
-  try:
     test_split = config.data.test_split
     if result['preempted']:
       pass
@@ -284,9 +333,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     else:
       logging.warning('No %r split in %s; skipping the test evaluation.', test_split,
                       config.data.name)
+    finished = True
   finally:
-    writer.close()
-  return result
+    _close_all([writer.close], error_in_flight=not finished)
+
+
+def _close_all(closers: List[Callable[[], Any]], *, error_in_flight: bool) -> None:
+  """Calls each closer; raises the first error after all ran.
+
+  When an error is already on its way out, closing errors are only logged, so
+  that the error that stopped the run (e.g. a checkpoint write failing on a
+  full disk) is the one reported, not a TensorBoard flush failing after it.
+  """
+  first = None
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      if error_in_flight or first is not None:
+        logging.error('While stopping: %s', command_errors.one_line(e))
+      else:
+        first = e
+  if first is not None:
+    raise first
 
 
 def _log_train_metrics(writer: 'SummaryWriter', means: Dict[str, float], step: int,
@@ -338,15 +407,12 @@ def main(argv, command_flags: Dict[str, Any]):
   logging.info('JAX %s: process %d/%d, %d local / %d global device(s) (%s).',
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend())
-  try:
-    train_and_evaluate(config, workdir)
-  except NonFiniteLossError as e:
-    raise SystemExit(f'ERROR: {e}') from e
+  train_and_evaluate(config, workdir)
 
 
 def run():
   """Console entry point `mdiqa-train`."""
-  app.run(functools.partial(main, command_flags=_define_flags()))
+  command_errors.run(functools.partial(main, command_flags=_define_flags()), 'mdiqa-train')
 
 
 if __name__ == '__main__':

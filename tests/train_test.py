@@ -90,7 +90,7 @@ def test_non_finite_loss_stops_and_keeps_only_finite_checkpoints(tmp_path, tiny_
                         '--config.eval_every_steps=0')
   assert completed.returncode == 1
   message = completed.stderr.strip().splitlines()[-1]
-  assert message.startswith('ERROR: Non-finite training metrics at step ')
+  assert message.startswith('mdiqa-train: error: Non-finite training metrics at step ')
   bad_step = int(message.split('at step ')[1].split(':')[0])
   assert 1 < bad_step <= 10
   steps = sorted(int(s) for s in os.listdir(workdir / 'checkpoints'))
