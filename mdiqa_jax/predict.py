@@ -32,16 +32,28 @@ the K distribution heads), height, width, pixel_mm (the spacing scored at,
 mm; row x column when they differ), num_tiles, intensity ('hu' or 'unit': how
 the file's values were read), series_uid, instance_number, z_mm (DICOM), note
 (assumptions made: spacing assumed or resampled, a PNG without HU, ...) and
-error. Without --output the CSV goes to stdout. Files that cannot be read get
-a row with their error (and are listed on stderr); the others are still
-scored, and the exit status is 2. A missing or unloadable checkpoint, or an
-existing output without --overwrite, stops before scoring with status 1.
-Output files are written to a temporary file and renamed, so a failed run
-leaves no partial output.
+error. Without --output the CSV goes to stdout. Every problem with one file
+is a row with its error (and a line on stderr), never the end of the run:
+unreadable, truncated, malformed or oversized files (`mdiqa_jax.io` checks
+every size a header declares before allocating it), missing decoders (named),
+a slice whose spacing would resample it beyond the size limit, any other
+error while reading; the other files are still scored, and the exit status
+is 2. What the readers' libraries warn or log while reading a scored file
+becomes part of its row's note. A path that holds no input file at all
+(an empty folder, only unsupported files) is reported and the exit status is
+2. A missing or unloadable checkpoint (a workdir falls back past steps that
+do not restore, `checkpointing.load_inference_checkpoint`), an existing
+output without --overwrite, or an output that cannot be written, stops with
+status 1 and one line on stderr. Output files are written to a temporary
+file and renamed, so a failed run leaves no partial output.
 
 --heatmap DIR writes one PNG per slice: the slice as scored, the per-patch
 scores over the whole slice, and each region's share of the slice score's
-weight (patch weights times body fraction).
+weight (patch weights times body fraction). Its name is the file's path
+under the inputs' common folder, percent-encoded (`urllib.parse.quote`, so
+'/' becomes %2F and the extension stays), then `_slice<NNNN>.png`: names are
+unique and `heatmap_source` turns one back into (path, slice). A heatmap that
+cannot be written is an error row of its file (the scores are still written).
 """
 import csv
 import dataclasses
@@ -50,8 +62,8 @@ import json
 import math
 import os
 import sys
-import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+import urllib.parse
 
 from absl import app
 from absl import flags
@@ -61,6 +73,7 @@ import numpy as np
 import tqdm
 
 from mdiqa_jax import checkpointing
+from mdiqa_jax import command_errors
 from mdiqa_jax import files
 from mdiqa_jax import io as ct_io
 from mdiqa_jax import models
@@ -76,8 +89,8 @@ METADATA_COLUMNS = ('series_uid', 'instance_number', 'z_mm')
 Preprocessing = slice_scoring.Preprocessing
 
 
-class CheckpointError(RuntimeError):
-  """The --checkpoint path holds no loadable model."""
+# The --checkpoint path holds no loadable model.
+CheckpointError = checkpointing.CheckpointError
 
 
 def load_checkpoint(path: str) -> Tuple[ml_collections.ConfigDict, Any]:
@@ -112,6 +125,43 @@ def _spacing_of(ct_slice: ct_io.Slice, preprocessing: Preprocessing,
   return (spacing, spacing), f'no pixel spacing in the file; assumed {spacing:.3g} mm ({source})'
 
 
+def _read_file(path: str, kind: str, intensity: str) -> Tuple[List[ct_io.Slice], List[str]]:
+  """(slices, notes) of one file; every failure becomes an `InputFileError`."""
+  try:
+    with ct_io.capture_messages() as messages:
+      slices = ct_io.read_file(path, kind, intensity)
+  except ct_io.InputFileError:
+    raise
+  except MemoryError:
+    raise ct_io.InputFileError(path, 'out of memory while reading the file.') from None
+  except Exception as e:  # A reader's library failing in a way it does not document.
+    raise ct_io.InputFileError(path, f'cannot read the file ({type(e).__name__}: '
+                               f'{command_errors.one_line(e)}).') from e
+  notes = list(dict.fromkeys(command_errors.one_line(m).removeprefix(f'{path}: ')
+                             for m in messages))
+  return slices, notes
+
+
+def _check_scored_size(ct_slice: ct_io.Slice, spacing: Tuple[float, float],
+                       preprocessing: Preprocessing) -> None:
+  """Refuses a slice that its spacing would resample to an absurd size.
+
+  `preprocess.fit_spacing` clips the spacing into the trained range, so a
+  wrong PixelSpacing (0.0001 or 1000 mm) would resample a slice to less than a
+  pixel or to billions of them.
+  """
+  low, high = preprocessing.pixel_mm_range
+  height, width = ct_slice.pixels.shape
+  scored = [side * mm / min(max(mm, low), high)
+            for side, mm in ((height, spacing[0]), (width, spacing[1]))]
+  if min(scored) < ct_io.MIN_SIDE or scored[0] * scored[1] > ct_io.MAX_PIXELS_PER_FILE:
+    raise ct_io.InputFileError(
+        ct_slice.file, f'slice {ct_slice.index}: a pixel spacing of {spacing[0]:g} x '
+        f'{spacing[1]:g} mm would resample its {height} x {width} pixels to '
+        f'{scored[0]:.0f} x {scored[1]:.0f} for the model\'s {low:g}-{high:g} mm; is the '
+        'spacing right?')
+
+
 def _read_slices(files: Sequence[Tuple[str, str]], intensity: str,
                  preprocessing: Preprocessing, pixel_mm_flag: Optional[float],
                  failures: List[ct_io.InputFileError], show_progress: bool
@@ -119,18 +169,18 @@ def _read_slices(files: Sequence[Tuple[str, str]], intensity: str,
   """Reads files one by one; bad files go to `failures` and are skipped."""
   for path, kind in tqdm.tqdm(files, desc='scoring', unit='file', disable=not show_progress,
                               file=sys.stderr):
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter('always', ct_io.AssumedIntensityWarning)
-      try:
-        slices = ct_io.read_file(path, kind, intensity)
-      except ct_io.InputFileError as e:
-        failures.append(e)
-        continue
-    notes = [str(w.message).removeprefix(f'{path}: ') for w in caught
-             if issubclass(w.category, ct_io.AssumedIntensityWarning)]
-    for ct_slice in slices:
-      spacing, spacing_note = _spacing_of(ct_slice, preprocessing, pixel_mm_flag)
-      note = ' '.join(notes + ([spacing_note] if spacing_note else []))
+    try:
+      slices, notes = _read_file(path, kind, intensity)
+      read = []
+      for ct_slice in slices:
+        spacing, spacing_note = _spacing_of(ct_slice, preprocessing, pixel_mm_flag)
+        _check_scored_size(ct_slice, spacing, preprocessing)
+        read.append((ct_slice, spacing, spacing_note))
+    except ct_io.InputFileError as e:
+      failures.append(e)
+      continue
+    for ct_slice, spacing, spacing_note in read:
+      note = '; '.join(notes + ([spacing_note] if spacing_note else []))
       yield SliceKey(ct_slice, note), ct_io.to_unit(
           ct_slice, preprocessing.window_width, preprocessing.window_level), spacing
 
@@ -236,11 +286,24 @@ def format_json(rows: Sequence[Dict[str, Any]], failures: Sequence[Dict[str, Any
                     indent=2) + '\n'
 
 
+_HEATMAP_SUFFIX = '_slice{index:04d}.png'
+
+
 def heatmap_name(file: str, index: int, root: str) -> str:
-  """PNG name of a slice's heatmap: its path under `root`, flattened, + slice."""
+  """PNG name of a slice's heatmap: its path under `root`, percent-encoded, + slice.
+
+  Unique per (file, slice) and reversible (`heatmap_source`): the extension
+  stays, and '/' and '%' are encoded, so 'a/x.npy', 'a__x.npy' and 'a/x.dcm'
+  give three names.
+  """
   relative = os.path.relpath(os.path.abspath(file), root)
-  stem = os.path.splitext(relative)[0].replace(os.sep, '__')
-  return f'{stem}_slice{index:04d}.png'
+  return urllib.parse.quote(relative, safe='') + _HEATMAP_SUFFIX.format(index=index)
+
+
+def heatmap_source(name: str, root: str) -> Tuple[str, int]:
+  """(file path, slice index) of a name made by `heatmap_name(file, index, root)`."""
+  stem, _, slice_part = name.rpartition('_slice')
+  return os.path.join(root, urllib.parse.unquote(stem)), int(slice_part.removesuffix('.png'))
 
 
 def write_heatmap(path: str, prediction: Dict[str, Any], title: str) -> None:
@@ -294,7 +357,7 @@ class Options:
 
 
 def _fatal(message: str) -> int:
-  print(f'mdiqa-predict: error: {message}', file=sys.stderr)
+  print(f'mdiqa-predict: error: {command_errors.one_line(message)}', file=sys.stderr)
   return EXIT_FATAL
 
 
@@ -312,8 +375,13 @@ def _check_destinations(options: Options) -> Optional[str]:
   return None
 
 
-def _heatmap_writer(heatmap_dir: str, inputs: Sequence[str]):
-  """on_prediction callback writing one PNG per slice into heatmap_dir."""
+def _heatmap_writer(heatmap_dir: str, inputs: Sequence[str],
+                    failures: List[ct_io.InputFileError]):
+  """on_prediction callback writing one PNG per slice into heatmap_dir.
+
+  A heatmap that cannot be written (full disk, a name the file system
+  refuses) is appended to `failures` and the run goes on.
+  """
   os.makedirs(heatmap_dir, exist_ok=True)
   existing = [os.path.abspath(p) for p in inputs if os.path.exists(p)]
   root = os.path.commonpath(existing) if existing else os.getcwd()
@@ -321,8 +389,13 @@ def _heatmap_writer(heatmap_dir: str, inputs: Sequence[str]):
 
   def write(key: SliceKey, prediction: Dict[str, Any]) -> None:
     name = heatmap_name(key.slice.file, key.slice.index, root)
-    write_heatmap(os.path.join(heatmap_dir, name), prediction,
-                  f'{key.slice.file} [slice {key.slice.index}]')
+    try:
+      write_heatmap(os.path.join(heatmap_dir, name), prediction,
+                    f'{key.slice.file} [slice {key.slice.index}]')
+    except (OSError, ValueError) as e:  # ValueError: matplotlib on an unusable path.
+      failures.append(ct_io.InputFileError(
+          key.slice.file, f'slice {key.slice.index}: scored, but its heatmap '
+          f'{os.path.join(heatmap_dir, name)} cannot be written: {command_errors.one_line(e)}'))
   return write
 
 
@@ -338,11 +411,22 @@ def predict_command(options: Options) -> int:
         assumed_pixel_mm=options.pixel_mm)
   except (CheckpointError, ValueError) as e:
     return _fatal(str(e))
+  heatmap_failures: List[ct_io.InputFileError] = []
+  try:
+    on_prediction = _heatmap_writer(options.heatmap, options.inputs,
+                                    heatmap_failures) if options.heatmap else None
+  except OSError as e:
+    return _fatal(f'{options.heatmap}: cannot create the heatmap folder: {e}')
   rows, failures = predict_paths(
       config, params, options.inputs, preprocessing=preprocessing,
       intensity=options.intensity, batch_size=options.batch_size, pixel_mm=options.pixel_mm,
-      on_prediction=_heatmap_writer(options.heatmap, options.inputs) if options.heatmap
-      else None, show_progress=options.progress)
+      on_prediction=on_prediction, show_progress=options.progress)
+  failures = failures + heatmap_failures
+  if not rows and not failures:
+    print(f'mdiqa-predict: error: no input file found in {", ".join(options.inputs)}: '
+          'expected DICOM, TIFF, PNG or .npy files (hidden files, other formats and '
+          'non-regular files are skipped).', file=sys.stderr)
+    return EXIT_SOME_FAILED
   failed = [failure_row(e) for e in failures]
   output = options.output
   if output is not None and output.lower().endswith('.json'):
@@ -355,9 +439,13 @@ def predict_command(options: Options) -> int:
   if output is None:
     sys.stdout.write(text)
   else:
-    files.write_text_atomically(output, text)
+    try:
+      files.write_text_atomically(output, text)
+    except OSError as e:
+      reason = 'disk full' if command_errors.disk_full(e) else 'cannot write it'
+      return _fatal(f'{output}: {reason}: {e}')
   for error in failures:
-    print(f'mdiqa-predict: failed: {error}', file=sys.stderr)
+    print(f'mdiqa-predict: failed: {command_errors.one_line(error)}', file=sys.stderr)
   print(f'mdiqa-predict: scored {len(rows)} slices; {len(failures)} files failed'
         + (f'; wrote {output}' if output else ''), file=sys.stderr)
   return EXIT_SOME_FAILED if failures else 0
@@ -409,7 +497,7 @@ def run():
     return predict_command(Options(inputs=list(argv[1:]), **{
         name: holder.value for name, holder in holders.items()}))
 
-  app.run(main)
+  command_errors.run(main, 'mdiqa-predict')
 
 
 if __name__ == '__main__':

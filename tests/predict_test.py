@@ -233,8 +233,8 @@ def test_heatmaps_one_png_per_slice_and_no_overwrite(tiny_checkpoint, tmp_path):
   options = _options(tiny_checkpoint.workdir, [tmp_path / 'stack.npy'], heatmap=str(heatmaps),
                      output=str(tmp_path / 'out.csv'))
   assert predict.predict_command(options) == 0
-  assert sorted(os.listdir(heatmaps)) == ['stack_slice0000.png', 'stack_slice0001.png']
-  with Image.open(heatmaps / 'stack_slice0001.png') as image:
+  assert sorted(os.listdir(heatmaps)) == ['stack.npy_slice0000.png', 'stack.npy_slice0001.png']
+  with Image.open(heatmaps / 'stack.npy_slice0001.png') as image:
     assert image.size[0] > 300 and image.size[1] > 100
   # The maps cover the whole slice: every body pixel has a patch score.
   maps = []

@@ -17,10 +17,17 @@ decided from its format and pixel type (`intensity_of_array`):
 `--intensity=hu|unit` on the predict command overrides the rule for
 non-DICOM files. Bad files raise `InputFileError`, whose message starts with
 the file's path.
+
+Sizes a file declares (header dimensions, frame counts) are checked before
+anything of that size is allocated (`check_declared_size`): at most
+MAX_PIXELS_PER_FILE pixels per file, and never more pixel bytes than the file
+holds (`check_declared_bytes`), so a corrupt or hostile header cannot make a
+reader allocate gigabytes.
 """
 import dataclasses
+import math
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -34,6 +41,9 @@ INTENSITY_MODES = ('auto', HU, UNIT)
 MIN_SIDE = 32
 # Float32 windowing can overshoot [0, 1] by rounding; such values are clipped.
 UNIT_TOLERANCE = 1e-4
+# Most pixels read from one file (all its slices): 256 MB as float32, a stack
+# of 256 slices of 512 x 512. Reading a file then stays far below 2 GB.
+MAX_PIXELS_PER_FILE = 2 ** 26
 
 
 class InputFileError(ValueError):
@@ -70,6 +80,47 @@ class Slice:
   intensity: str
   metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
   pixel_mm: Optional[tuple[float, float]] = None
+
+
+def check_declared_size(path: str, shape: Sequence[Any], source: str) -> tuple[int, ...]:
+  """Checks dimensions a header declares, before anything of that size exists.
+
+  Args:
+    path: the file (for messages).
+    shape: the declared dimensions (any integers; pixels, frames, samples).
+    source: what declared them, e.g. 'the .npy header'.
+  Returns:
+    The shape as Python ints.
+  Raises:
+    InputFileError: for a negative or non-integer dimension, or more than
+      MAX_PIXELS_PER_FILE elements.
+  """
+  try:
+    dims = tuple(int(n) for n in shape)
+  except (TypeError, ValueError, OverflowError):
+    raise InputFileError(path, f'{source} declares dimensions {tuple(shape)!r}, expected '
+                         'non-negative integers.') from None
+  if any(n < 0 for n in dims):
+    raise InputFileError(path, f'{source} declares dimensions {dims}, expected '
+                         'non-negative integers.')
+  total = math.prod(dims)
+  if total > MAX_PIXELS_PER_FILE:
+    raise InputFileError(
+        path, f'{source} declares {" x ".join(map(str, dims))} = {total:,} values, more than '
+        f'the {MAX_PIXELS_PER_FILE:,} read from one file; split it into smaller files.')
+  return dims
+
+
+def check_declared_bytes(path: str, needed: int, available: int, source: str) -> None:
+  """Refuses a header that declares more pixel bytes than the file holds.
+
+  Raises:
+    InputFileError: naming both sizes (a truncated file or a wrong header).
+  """
+  if needed > available:
+    raise InputFileError(
+        path, f'{source} declares {needed:,} bytes of pixel data but the file holds '
+        f'{available:,}: the file is truncated or its header is wrong.')
 
 
 def to_unit(image: Slice, window_width: float = intensity_lib.WINDOW_WIDTH_HU,
