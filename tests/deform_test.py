@@ -183,6 +183,35 @@ def test_deform_conv_gradients_match_finite_differences():
   assert jnp.zeros(()).dtype == jnp.float32  # x64 stays off outside the block.
 
 
+@pytest.mark.parametrize('rows_per_chunk', [1, 3, 4])
+def test_deform_conv_in_row_chunks_matches_loop_reference(rows_per_chunk):
+  # 7 output rows: chunks of 1, 3 (padded to 3 x 3 rows) and 4 (2 x 4).
+  kernel_size, stride, padding, dilation, offset_groups = (3, 3), 1, 1, 1, 2
+  x, offset, mask, kernel = _random_inputs(
+      8, 2, 7, 6, 4, 3, kernel_size, stride, padding, dilation, offset_groups,
+      offset_scale=2.0)
+  expected = _deform_conv_reference(x, offset, mask, kernel, stride, padding,
+                                    dilation, offset_groups)
+  got = jax.jit(functools.partial(deform_conv2d, padding=padding,
+                                  offset_groups=offset_groups,
+                                  rows_per_chunk=rows_per_chunk))(x, offset, mask, kernel)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_deform_conv_in_row_chunks_gradients_match_finite_differences():
+  with jax.enable_x64(True):
+    x, offset, mask, kernel = _random_inputs(
+        9, 1, 5, 6, 4, 2, (3, 3), 1, 1, 1, 2, offset_scale=0.0,
+        dtype=np.float64)
+    rng = np.random.default_rng(10)
+    offset = (rng.integers(-3, 3, size=offset.shape)
+              + rng.uniform(0.2, 0.8, size=offset.shape))
+    conv = functools.partial(deform_conv2d, padding=1, offset_groups=2,
+                             rows_per_chunk=2)
+    check_grads(conv, (x, offset, mask, kernel), order=1, modes=('rev',))
+  assert jnp.zeros(()).dtype == jnp.float32
+
+
 def test_deform_conv_jit_matches_eager_and_bias_adds():
   x, offset, mask, kernel = _random_inputs(
       6, 2, 8, 8, 4, 6, (3, 3), 2, 1, 1, 2, offset_scale=2.0)
@@ -235,6 +264,24 @@ def test_deform_conv_memory_is_linear_in_samples():
   assert largest <= corner_samples
 
 
+def test_deform_conv_row_chunks_bound_the_largest_intermediate():
+  batch, size, channels, taps, rows = 2, 24, 8, 9, 6
+  x, offset, mask, kernel = _random_inputs(
+      11, batch, size, size, channels, channels, (3, 3), 1, 1, 1, 1,
+      offset_scale=2.0)
+
+  def loss(*args):
+    return jnp.sum(deform_conv2d(*args, padding=1, rows_per_chunk=rows) ** 2)
+
+  gradient = jax.grad(loss, argnums=(0, 1, 2, 3))
+  largest = _largest_intermediate(jax.make_jaxpr(gradient)(x, offset, mask,
+                                                           kernel))
+  corners_of_one_chunk = 4 * batch * rows * size * taps * channels
+  # 4 chunks: no value is larger than one chunk's corners (the corner indices
+  # and weights of all rows, 4 * B * H * W * kh * kw, are C times smaller).
+  assert largest <= corners_of_one_chunk
+
+
 @pytest.mark.parametrize('change, message', [
     (dict(x=np.zeros((8, 8, 4))), 'x must be'),
     (dict(kernel=np.zeros((3, 3, 5, 2))), 'kernel input channels'),
@@ -246,6 +293,7 @@ def test_deform_conv_memory_is_linear_in_samples():
     (dict(padding=(1, 1, 1)), 'padding must be'),
     (dict(dilation=5), 'does not fit'),
     (dict(bias=np.zeros(3)), 'bias must have shape'),
+    (dict(rows_per_chunk=0), 'rows_per_chunk must be'),
 ])
 def test_deform_conv_bad_arguments_raise_value_error(change, message):
   arguments = dict(x=np.zeros((2, 8, 8, 4)), offset=np.zeros((2, 8, 8, 1, 9, 2)),

@@ -12,10 +12,18 @@ only, (1, grid_h * grid_w, width), and is added before the class token is
 prepended (big_vision's layout). timm's class-token position row is an
 input-independent constant, so the converter folds it into `cls`; the outputs
 are identical and resizing the embedding never has to split off a class row.
+
+Attention runs through `jax.nn.dot_product_attention` over blocks of at most
+`attention_query_chunk` queries, each recomputed in the backward pass, so the
+(B, heads, N, N) attention weights are never stored whole (at 448 px, N = 785,
+they would be 59 MB per block and image pair). `remat=True` also recomputes
+each block's activations in the backward pass instead of storing them.
 """
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -51,6 +59,30 @@ def vit_config(name: str) -> dict[str, Any]:
   return dict(_PRESETS[name])
 
 
+def query_chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+                            chunk: int) -> jax.Array:
+  """softmax(q k^T / sqrt(head_dim)) v, computed for blocks of queries.
+
+  Args:
+    query, key, value: (B, N, heads, head_dim).
+    chunk: at most this many queries per block; the N queries are split into
+      ceil(N / chunk) blocks of equal size (the last may be shorter). With more
+      than one block, each is rematerialised (jax.checkpoint), so the backward
+      pass stores q, k, v and never the attention weights.
+
+  Returns:
+    (B, N, heads, head_dim), dtype of the inputs.
+  """
+  num_queries = query.shape[1]
+  num_chunks = -(-num_queries // chunk)
+  if num_chunks == 1:
+    return jax.nn.dot_product_attention(query, key, value)
+  size = -(-num_queries // num_chunks)
+  attend = jax.checkpoint(jax.nn.dot_product_attention)
+  return jnp.concatenate([attend(query[:, start:start + size], key, value)
+                          for start in range(0, num_queries, size)], axis=1)
+
+
 class MlpBlock(nn.Module):
   """Transformer MLP: Dense(mlp_dim), exact GELU, Dense(width); (B, N, width)."""
   mlp_dim: int
@@ -76,13 +108,16 @@ class Encoder1DBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  attention_query_chunk: int = 256
 
   @nn.compact
-  def __call__(self, x, *, train=False):
+  def __call__(self, x, train=False):
     y = _layer_norm(self.dtype, 'LayerNorm_0')(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         kernel_init=nn.initializers.xavier_uniform(),
+        attention_fn=functools.partial(query_chunked_attention,
+                                       chunk=self.attention_query_chunk),
         name='MultiHeadDotProductAttention_0')(y, y, deterministic=True)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = _layer_norm(self.dtype, 'LayerNorm_1')(x)
@@ -117,6 +152,8 @@ class ViT(nn.Module):
   dropout: float = 0.0
   use_class_token: bool = True
   dtype: Any = jnp.float32
+  attention_query_chunk: int = 256
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, *, train=False):
@@ -146,9 +183,11 @@ class ViT(nn.Module):
 
     block_outputs = {}
     mlp_dim = int(round(self.width * self.mlp_ratio))
+    # static_argnums counts self: argument 2 is `train`.
+    block_class = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
     for index in range(self.depth):
-      x = Encoder1DBlock(self.num_heads, mlp_dim, self.dropout, self.dtype,
-                         name=f'encoderblock_{index}')(x, train=train)
+      x = block_class(self.num_heads, mlp_dim, self.dropout, self.dtype,
+                      self.attention_query_chunk, name=f'encoderblock_{index}')(x, train)
       if index in self.feature_blocks:
         block_outputs[index] = x[:, num_prefix:].reshape(batch, grid_h, grid_w, self.width)
     tokens = _layer_norm(self.dtype, 'encoder_norm')(x)
