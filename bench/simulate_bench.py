@@ -1,21 +1,28 @@
-r"""Times synthetic-example generation (phantom, scan, FBP, raters).
+r"""Times the synthetic-data simulator and builds the default dataset.
 
-For each spec (small: 128 px, challenge: 512 px) it measures
-  - the per-process setup (the first example, which builds the cached
-    projector / back-projector of the small geometry),
-  - examples per second in one process (after setup),
-  - examples per second with a multiprocessing pool of --processes workers
-    (setup included, as a builder pays it),
-and, for the small spec, the estimated time to generate the whole dataset
-with the pool, and the histogram of the labels of the pooled examples.
-Prints a summary and writes bench/results/simulate_bench.json.
+At the clinical spec (`synthetic.CLINICAL_SPEC`: 512 px, 1024 views) it
+measures
+  - examples per second in one process (after a warm-up slice), wall and
+    CPU time, against the 0.189 examples/s the separable-footprint simulator
+    made at 512 px (bench/results/simulate_bench.json before 2026-12-02);
+  - examples per second with a pool of --processes workers (start-up
+    included, as a builder pays it);
+  - the full-dose liver noise per kernel (0.75 mm pixels, 3 mm slices);
+  - with --build: the TFDS build of 'ldct_iqa_synthetic/clinical' (all
+    splits) with --processes workers into a temporary folder: wall time, CPU
+    seconds of all processes (CPU / processes estimates the wall time on idle
+    cores), size on disk and the label histogram per split.
+Prints a summary and writes bench/results/simulate_bench.json. The load
+average is recorded: other jobs on a shared machine inflate wall times.
 
-  python bench/simulate_bench.py --small_examples=160 --challenge_examples=4
+  PYTHONPATH=. python bench/simulate_bench.py --slices=16 [--nobuild]
 """
-import json
+import dataclasses
 import multiprocessing
 import os
-import platform
+import resource
+import subprocess
+import tempfile
 import time
 
 from absl import app
@@ -25,84 +32,136 @@ import numpy as np
 import bench_common
 from mdiqa_jax.data import synthetic
 
-_SMALL_EXAMPLES = flags.DEFINE_integer(
-    'small_examples', 160, 'Examples timed per measurement at 128 px.')
-_CHALLENGE_EXAMPLES = flags.DEFINE_integer(
-    'challenge_examples', 4, 'Examples timed per measurement at 512 px '
-    '(0 skips the challenge spec).')
+_SLICES = flags.DEFINE_integer(
+    'slices', 16, 'Rendered slices timed per measurement (each makes '
+    'degradations_per_slice examples).')
 _PROCESSES = flags.DEFINE_integer('processes', 2, 'Pool size.')
+_BUILD = flags.DEFINE_bool('build', True, 'Also build the whole dataset.')
 _OUTPUT = flags.DEFINE_string(
     'output', os.path.join(os.path.dirname(__file__), 'results',
                            'simulate_bench.json'), 'JSON file to write.')
 
+# The 512-px rate of the previous simulator (separable-footprint projector,
+# pixel-driven FBP), measured on this machine: examples/s, one process.
+_OLD_EXAMPLES_PER_SECOND = 0.189
+_HISTOGRAM_EDGES = (0.0, 0.8, 1.6, 2.4, 3.2, 4.01)
+
 
 def _generate(task):
-  spec, index = task
-  return synthetic.generate_example(spec, 'train', index)[1]
+  """Pool worker: the examples of one rendered slice, and its CPU seconds."""
+  spec, patient_index = task
+  start = time.process_time()
+  examples = synthetic.generate_slice(spec, 'train', patient_index, 0)
+  return [example for _, example in examples], time.process_time() - start
 
 
-def _benchmark(spec, num_examples):
-  """Timings (and scores of the pooled examples) for one spec."""
-  start = time.perf_counter()
-  _generate((spec, num_examples))  # First example of a process: setup.
-  setup = time.perf_counter() - start
-  serial = max(1, num_examples // 4)
-  start = time.perf_counter()
-  for index in range(serial):
+def _rates(spec, num_slices):
+  """Examples/s in one process (wall, CPU) and in a pool (wall)."""
+  _generate((spec, num_slices))  # Warm-up: imports, caches.
+  wall, cpu = time.perf_counter(), time.process_time()
+  for index in range(num_slices):
     _generate((spec, index))
-  single = serial / (time.perf_counter() - start)
-  tasks = [(spec, index) for index in range(num_examples)]
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  examples = num_slices * spec.degradations_per_slice
   start = time.perf_counter()
   with multiprocessing.get_context('spawn').Pool(_PROCESSES.value) as pool:
-    examples = pool.map(_generate, tasks, chunksize=1)
-  pooled = num_examples / (time.perf_counter() - start)
+    pooled = pool.map(_generate, [(spec, index) for index in range(num_slices)],
+                      chunksize=1)
+  pooled_wall = time.perf_counter() - start
   return {
-      'image_size': spec.image_size,
-      'num_views_full': spec.num_views_full,
-      'setup_seconds_per_process': round(setup, 3),
-      'examples_per_second_single_process': round(single, 3),
-      f'examples_per_second_{_PROCESSES.value}_processes': round(pooled, 3),
-      'examples_timed': {'single_process': serial, 'pool': num_examples},
-  }, np.array([float(example['score']) for example in examples])
+      'examples_per_second_single_process': round(examples / wall, 3),
+      'examples_per_second_single_process_cpu': round(examples / cpu, 3),
+      f'examples_per_second_{_PROCESSES.value}_processes': round(
+          examples / pooled_wall, 3),
+      'speedup_single_process_vs_old': round(
+          examples / wall / _OLD_EXAMPLES_PER_SECOND, 1),
+      'cpu_seconds_per_rendered_slice': round(
+          float(np.mean([seconds for _, seconds in pooled])), 3),
+      'examples_timed': examples,
+  }
 
 
-def _add_estimates(result, spec):
-  """Adds the time to generate every split of `spec`: one process (setup +
-  examples at the steady rate) and the pool (its measured rate, which
-  includes worker start-up and setup, so it is pessimistic)."""
-  total = sum(synthetic.split_sizes(spec).values())
-  single = result['examples_per_second_single_process']
-  pooled = result[f'examples_per_second_{_PROCESSES.value}_processes']
-  result['dataset_examples'] = total
-  result['estimated_dataset_seconds_single_process'] = round(
-      result['setup_seconds_per_process'] + total / single, 1)
-  result[f'estimated_dataset_seconds_{_PROCESSES.value}_processes'] = round(
-      total / pooled, 1)
+def _noise_per_kernel(spec, num_slices=4):
+  """Full-dose, full-view liver noise (HU) per kernel at 0.75 mm and 3 mm."""
+  fixed = dataclasses.replace(spec, pixel_mm_range=(0.75, 0.75))
+  noise = {kernel: [] for kernel in spec.kernels}
+  for index in range(num_slices):
+    degradations = tuple(synthetic.Degradation(1.0, spec.num_views_full,
+                                               kernel, 3.0)
+                         for kernel in spec.kernels)
+    for kernel, scan in zip(spec.kernels, synthetic.simulate_scans(
+        fixed, 'validation', index, 0, degradations)):
+      noise[kernel].append(scan.measurements.noise_hu)
+  return {kernel: round(float(np.mean(values)), 1)
+          for kernel, values in noise.items()}
+
+
+def _histogram(scores):
+  counts, edges = np.histogram(scores, bins=_HISTOGRAM_EDGES)
+  return {f'{low:.1f}-{min(high, 4.0):.1f}': int(count)
+          for low, high, count in zip(edges[:-1], edges[1:], counts)}
+
+
+def _build(processes):
+  """Builds the default dataset into a temporary folder; its costs and labels."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mdiqa_jax.data import synthetic_builder  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as data_dir:
+    cpu_before = (resource.getrusage(resource.RUSAGE_SELF),
+                  resource.getrusage(resource.RUSAGE_CHILDREN))
+    start = time.perf_counter()
+    builder = synthetic_builder.LdctIqaSynthetic(data_dir=data_dir,
+                                                 num_processes=processes)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    wall = time.perf_counter() - start
+    cpu_after = (resource.getrusage(resource.RUSAGE_SELF),
+                 resource.getrusage(resource.RUSAGE_CHILDREN))
+    cpu = sum(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+              for before, after in zip(cpu_before, cpu_after))
+    size = int(subprocess.run(['du', '-sb', data_dir], capture_output=True,
+                              text=True, check=True).stdout.split()[0])
+    splits, all_scores = {}, []
+    for split in builder.info.splits:
+      source = builder.as_data_source(split)
+      scores = np.array([float(source[i]['score']) for i in range(len(source))])
+      all_scores.append(scores)
+      splits[split] = {'examples': len(source), 'label_histogram': _histogram(scores),
+                       'label_mean': round(float(scores.mean()), 3)}
+  return {
+      'dataset': f'ldct_iqa_synthetic/{builder.builder_config.name}',
+      'version': str(builder.info.version),
+      'processes': processes,
+      'wall_seconds': round(wall, 1),
+      'cpu_seconds_all_processes': round(cpu, 1),
+      'estimated_idle_wall_seconds': round(cpu / processes, 1),
+      'size_on_disk_mb': round(size / 1e6, 1),
+      'examples': int(sum(len(s) for s in all_scores)),
+      'label_histogram': _histogram(np.concatenate(all_scores)),
+      'splits': splits,
+  }
 
 
 def main(argv):
   del argv
+  spec = synthetic.CLINICAL_SPEC
   results = {
       'machine': {**bench_common.machine_info(),
-                  'processor': platform.processor() or platform.machine(),
                   'load_average_1min_at_start': os.getloadavg()[0]},
-      'processes': _PROCESSES.value,
+      'spec': {'image_size': spec.image_size,
+               'num_views_full': spec.num_views_full,
+               'pixel_mm_range': list(spec.pixel_mm_range),
+               'degradations_per_slice': spec.degradations_per_slice,
+               'split_sizes': synthetic.split_sizes(spec)},
+      'old_examples_per_second_single_process_512px': _OLD_EXAMPLES_PER_SECOND,
   }
-  small, scores = _benchmark(synthetic.SMALL_SPEC, _SMALL_EXAMPLES.value)
-  _add_estimates(small, synthetic.SMALL_SPEC)
-  counts, edges = np.histogram(scores, bins=[0, 0.8, 1.6, 2.4, 3.2, 4.01])
-  small['label_histogram'] = {
-      f'{low:.1f}-{high:.1f}': int(count)
-      for low, high, count in zip(edges[:-1], edges[1:], counts)}
-  small['label_mean'] = round(float(scores.mean()), 3)
-  results['small'] = small
-  if _CHALLENGE_EXAMPLES.value:
-    challenge, _ = _benchmark(synthetic.CHALLENGE_SPEC, _CHALLENGE_EXAMPLES.value)
-    _add_estimates(challenge, synthetic.CHALLENGE_SPEC)
-    results['challenge'] = challenge
+  results['clinical'] = _rates(spec, _SLICES.value)
+  results['clinical']['full_dose_liver_noise_hu_0.75mm_3mm'] = _noise_per_kernel(spec)
+  if _BUILD.value:
+    results['build'] = _build(_PROCESSES.value)
   results['machine']['load_average_1min_at_end'] = os.getloadavg()[0]
-  print(json.dumps(results, indent=2))
   bench_common.write_results(_OUTPUT.value, results)
+  print(results)
 
 
 if __name__ == '__main__':

@@ -170,7 +170,7 @@ class SyntheticSpec:
 CLINICAL_SPEC = SyntheticSpec(
     image_size=512,
     num_views_full=1024,
-    split_patients={'train': 80, 'validation': 16, 'test': 40, 'unlabeled': 32},
+    split_patients={'train': 80, 'validation': 16, 'test': 64, 'unlabeled': 32},
     slices_per_patient=2,
     dose_fractions=(1.0, 0.75, 0.5, 0.25, 0.1, 0.05),
     sparse_views=(64, 128, 256),
