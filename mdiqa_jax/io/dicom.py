@@ -46,7 +46,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import decoders as pixel_decoders
+from pydicom import pixels as pydicom_pixels
 
 from mdiqa_jax.io import slices as slices_lib
 
@@ -156,7 +156,7 @@ def _check_pixel_data(path: str, ds: Dataset, frames: int, rows: int, columns: i
   syntax = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
   if syntax is not None and syntax.is_compressed:
     try:
-      decoder = pixel_decoders.get_decoder(syntax)
+      decoder = pydicom_pixels.get_decoder(syntax)
     except NotImplementedError:
       raise slices_lib.InputFileError(
           path, f'{syntax.name} DICOM: pydicom cannot decode this transfer syntax.') from None

@@ -141,7 +141,9 @@ def _order_series(listed: list[tuple[str, str]],
   for path, kind in listed:
     if kind == DICOM:
       try:
-        headers.append((path, dicom.read_header(path)))
+        # What pydicom warns about a header is reported when the file is read.
+        with capture_messages():
+          headers.append((path, dicom.read_header(path)))
       except slices_lib.InputFileError as e:
         failures.append(e)
   position = {path: i for i, (path, _) in enumerate(listed)}
