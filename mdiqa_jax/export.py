@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from mdiqa_jax import checkpointing
+from mdiqa_jax import command_errors
 from mdiqa_jax import load_exported as loader
 from mdiqa_jax import models
 from mdiqa_jax import predict
@@ -216,12 +217,12 @@ def run():
                         platforms=holders['platforms'].value,
                         overwrite=holders['overwrite'].value)
     except (predict.CheckpointError, FileExistsError) as e:
-      print(f'mdiqa-export: error: {e}', file=sys.stderr)
+      print(f'mdiqa-export: error: {command_errors.one_line(e)}', file=sys.stderr)
       return predict.EXIT_FATAL
     print(f'mdiqa-export: wrote {os.path.abspath(output)}', file=sys.stderr)
     return 0
 
-  app.run(main)
+  command_errors.run(main, 'mdiqa-export')
 
 
 if __name__ == '__main__':

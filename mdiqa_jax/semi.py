@@ -58,6 +58,8 @@ from ml_collections import config_flags
 import numpy as np
 
 from mdiqa_jax import checkpointing
+from mdiqa_jax import command_errors
+from mdiqa_jax import config_validation
 from mdiqa_jax import evaluate
 from mdiqa_jax import files
 from mdiqa_jax import losses
@@ -490,15 +492,23 @@ def main(argv, command_flags: Dict[str, Any]):
   if values['config'] is None or values['workdir'] is None:
     raise app.UsageError('Give --config=configs/semi/NAME.py and --workdir=DIR.')
   checkpointing.quiet_library_logging()
+  config = values['config']
+  config_validation.validate_config(config)
   try:
-    run_pipeline(values['config'], values['workdir'], stop_after=values['stop_after'])
-  except train.NonFiniteLossError as e:
-    raise SystemExit(f'ERROR: {e}') from e
+    _check_semi(config.semi)
+  except ValueError as e:
+    raise config_validation.ConfigError(str(e)) from e
+  with checkpointing.PreemptionWatcher():
+    try:
+      run_pipeline(config, values['workdir'], stop_after=values['stop_after'])
+    except checkpointing.Preemption:
+      logging.warning('SIGTERM: stopped; every stage writes atomically. Rerun the same '
+                      'command to continue.')
 
 
 def run():
   """Console entry point `mdiqa-semi`."""
-  app.run(functools.partial(main, command_flags=_define_flags()))
+  command_errors.run(functools.partial(main, command_flags=_define_flags()), 'mdiqa-semi')
 
 
 if __name__ == '__main__':
