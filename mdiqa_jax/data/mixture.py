@@ -11,7 +11,7 @@ its hidden labels).
 Example i < L (L labeled slices) is labeled slice i; example L + j is the j-th
 selected unlabeled slice. Every example is a dict with the same keys, so any
 batch mixes both kinds:
-  'image'         (H, W, 1) float32 in [0, 1], as stored;
+  'image'         (H, W, 1) as stored (float32 in [0, 1], or uint8: preprocess.as_slice);
   'score'         float32: the label, or the teachers' mean score;
   'weight'        float32: 1 for labeled slices, the pseudo-label weight;
   'is_pseudo'     bool;
@@ -113,7 +113,7 @@ class PseudoLabeledMixture:
     num_labeled = len(self._labeled)
     if position < num_labeled:
       example = self._labeled[position]
-      features = {'image': np.asarray(example['image'], np.float32),
+      features = {'image': np.asarray(example['image']),
                   'score': np.float32(example['score']), 'weight': np.float32(1.0),
                   'is_pseudo': np.bool_(False)}
       if self._labeled_target_probs is not None:
@@ -121,7 +121,7 @@ class PseudoLabeledMixture:
       return features
     row = position - num_labeled
     example = self._unlabeled[int(self._index[row])]
-    features = {'image': np.asarray(example['image'], np.float32),
+    features = {'image': np.asarray(example['image']),
                 'score': self._score[row], 'weight': self._weight[row],
                 'is_pseudo': np.bool_(True)}
     if self._target_probs is not None:
