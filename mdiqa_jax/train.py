@@ -322,9 +322,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    error_in_flight=stopping_on_error)
 
     test_split = config.data.test_split
-    if result['preempted']:
+    if result['preempted'] or not test_split:
       pass
-    elif test_split and _split_exists(config.data, test_split):
+    elif _split_exists(config.data, test_split):
       result['test'] = evaluate.evaluate_checkpoint(
           workdir, test_split, predict_fn=predict_fn, show_progress=process_index == 0)
       writer.write_scalars(step, {f'test/{k}': v for k, v in result['test'].items()})

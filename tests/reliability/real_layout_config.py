@@ -57,6 +57,28 @@ def build(data_dir: str, manual_dir: str) -> None:
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
 
 
+# A short run saving steps 2, 4 and 6 (all kept), without evaluations: the
+# checkpoint damage tests damage its step 6 and resume.
+SHORT_RUN = {'num_train_steps': 6, 'checkpoint_every_steps': 2, 'keep_checkpoints': 3,
+             'keep_best': 0, 'eval_every_steps': 0, 'data.test_split': ''}
+
+
+def flags(overrides: dict) -> list:
+  """--config.<field>=<value> flags for `overrides` ({dotted field: value})."""
+  return [f'--config.{field}={value}' for field, value in overrides.items()]
+
+
+def apply(config, overrides: dict):
+  """Sets `overrides` ({dotted field: value}) on config, as the flags would."""
+  for field, value in overrides.items():
+    *parents, name = field.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  return config
+
+
 def get_config(data_dir=None):
   config = tiny_train_config.get_config(data_dir)
   config.data.name = 'ldctiqac2023'
