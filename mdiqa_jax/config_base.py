@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.use_alignment = True    # Ablation: deformable alignment vs plain fusion.
   config.model.head_type = 'distribution'  # 'distribution' (K Gaussian heads) | 'point'.
   config.model.dtype = 'float32'       # Compute dtype ('bfloat16' for mixed precision).
+  config.model.remat = False           # Recompute each backbone block in backward (memory for time).
   # Inputs in [0, 1] are standardised as (x - mean) / std before both branches.
   # ImageNet-pretrained backbones with summed-RGB stems want grey ImageNet
   # statistics instead (mean 0.449, std 0.226).

@@ -65,6 +65,30 @@ def test_convnext_matches_timm_every_stage_and_pre_logits(fixture):
   np.testing.assert_allclose(out['pre_logits'], reference['pre_logits'], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('depthwise_implementation, remat', [
+    ('xla', False), ('shifted', True)])
+def test_convnext_depthwise_paths_and_remat_match_timm_and_gradients(depthwise_implementation,
+                                                                     remat):
+  reference = np.load(FIXTURES / 'convnext_timm_outputs.npz')
+  model = ConvNeXt(**FIXTURE_CONVNEXT)
+  variant = ConvNeXt(**FIXTURE_CONVNEXT, depthwise_implementation=depthwise_implementation,
+                     remat=remat)
+  init = jax.eval_shape(model.init, jax.random.key(0), reference['input'])['params']
+  params, _ = convert_convnext.load(init, FIXTURES / 'convnext_timm.safetensors')
+  out = jax.jit(variant.apply)({'params': params}, reference['input'])
+  np.testing.assert_allclose(out['stages'][3], reference['stage_3'], rtol=1e-5, atol=1e-5)
+
+  def gradient(module):
+    def loss(p):
+      return sum(jnp.sum(s ** 2) for s in module.apply({'params': p}, reference['input'])['stages'])
+    return jax.jit(jax.grad(loss))(params)
+
+  for ours, expected in zip(jax.tree.leaves(gradient(variant)),
+                            jax.tree.leaves(gradient(model))):
+    scale = float(np.abs(expected).max()) or 1.0
+    np.testing.assert_allclose(ours / scale, expected / scale, atol=1e-5)
+
+
 def test_convnext_block_drop_path_keeps_or_drops_whole_samples():
   images = jax.random.normal(jax.random.key(0), (16, 8, 8, 4))
   block = ConvNeXtBlock(drop_path=0.5)

@@ -6,13 +6,14 @@ with torch + timm); CI reads them without torch.
 import json
 import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mdiqa_jax.convert import vit as convert_vit
-from mdiqa_jax.models.vit import ViT, vit_config
+from mdiqa_jax.models.vit import ViT, query_chunked_attention, vit_config
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 # The fixture model: timm VisionTransformer(img_size=32, patch_size=8,
@@ -76,6 +77,36 @@ def test_vit_matches_timm_every_block_tokens_and_pre_logits(timm_loaded):
                                rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out['tokens'], reference['tokens'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out['pre_logits'], reference['pre_logits'], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('chunk', [64, 16, 7])
+def test_query_chunked_attention_equals_flax_dot_product_attention(chunk):
+  # 37 queries: one block; 3 blocks of 13, 13, 11; 6 blocks of 7 (the last 2).
+  rng = np.random.default_rng(0)
+  query, key, value = (jnp.asarray(rng.normal(size=(2, 37, 3, 8)), jnp.float32)
+                       for _ in range(3))
+  ours = lambda q, k, v: query_chunked_attention(q, k, v, chunk=chunk)
+  out, our_vjp = jax.vjp(ours, query, key, value)
+  expected, reference_vjp = jax.vjp(nn.dot_product_attention, query, key, value)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  for ours_gradient, expected_gradient in zip(our_vjp(cotangent), reference_vjp(cotangent)):
+    np.testing.assert_allclose(ours_gradient, expected_gradient, rtol=1e-5, atol=1e-5)
+
+
+def test_vit_with_attention_chunks_and_remat_matches_timm_and_its_gradients(timm_loaded):
+  model, params, reference = timm_loaded
+  chunked = ViT(**FIXTURE_VIT, attention_query_chunk=5, remat=True)  # 17 tokens: 4 blocks.
+  out = jax.jit(chunked.apply)({'params': params}, reference['input'])
+  np.testing.assert_allclose(out['tokens'], reference['tokens'], rtol=1e-5, atol=1e-5)
+
+  def gradient(module):
+    loss = lambda p: jnp.sum(module.apply({'params': p}, reference['input'])['tokens'] ** 2)
+    return jax.jit(jax.grad(loss))(params)
+
+  for ours, expected in zip(jax.tree.leaves(gradient(chunked)),
+                            jax.tree.leaves(gradient(model))):
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_vit_features_follow_feature_blocks_order(timm_loaded):

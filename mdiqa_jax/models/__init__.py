@@ -44,11 +44,12 @@ def create_model(config: ml_collections.ConfigDict) -> MDIQA:
               depth=vit_config.depth, num_heads=vit_config.num_heads,
               mlp_ratio=vit_config.mlp_ratio,
               feature_blocks=tuple(vit_config.feature_blocks),
-              dropout=vit_config.dropout, dtype=dtype)
+              dropout=vit_config.dropout, dtype=dtype, remat=model_config.get('remat', False))
   convnext, fusion = None, None
   if model_config.use_cnn:
     convnext = ConvNeXt(depths=tuple(cnn_config.depths), widths=tuple(cnn_config.widths),
-                        drop_path=cnn_config.drop_path, dtype=dtype)
+                        drop_path=cnn_config.drop_path, dtype=dtype,
+                        remat=model_config.get('remat', False))
     if model_config.use_alignment:
       fusion = DeformableAlignment(num_scales=align_config.num_scales,
                                    width=align_config.width,
