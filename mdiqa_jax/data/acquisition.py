@@ -252,8 +252,8 @@ def noisy_line_integrals(line_integrals: np.ndarray, *, photons_per_bin: float,
 
 
 def _padded_length(num_detectors: int) -> int:
-  """FFT length of the ramp filtering: a power of 2 >= 2 B (no wrap)."""
-  return max(64, 2**math.ceil(math.log2(2 * num_detectors)))
+  """FFT length of the ramp filtering: a fast length >= 2 B (no wrap)."""
+  return fft.next_fast_len(2 * num_detectors, real=True)
 
 
 @functools.lru_cache(maxsize=32)
