@@ -1,6 +1,8 @@
 """Evaluation: split predictions (the predict path), report files, the command."""
 import csv
+import functools
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 import tifffile
 
 from mdiqa_jax import checkpointing
+from mdiqa_jax import command_errors
 from mdiqa_jax import evaluate
 from mdiqa_jax import metrics as metrics_lib
 from mdiqa_jax import models
@@ -109,3 +112,39 @@ def test_evaluate_command_reports_the_workdir_checkpoint(tmp_path, config, param
   for name, value in recomputed.items():
     assert summary[name] == pytest.approx(value, abs=1e-5)
   assert f'test: PLCC {summary["plcc"]:.4f}' in completed.stdout
+
+
+def test_write_report_is_one_set_a_failed_write_leaves_the_previous_report(tmp_path):
+  first = _predictions()
+  evaluate.write_report(first, evaluate.compute_metrics(first), str(tmp_path), split='test',
+                        checkpoint='ckpt/5')
+  before = {name: (tmp_path / name).read_bytes() for name in ('metrics.json', 'predictions.csv')}
+  # A name the file system refuses for the last file of the next report.
+  (tmp_path / 'scatter.png').unlink()
+  (tmp_path / 'scatter.png').mkdir()
+  second = dict(first, score=first['score'][::-1].copy())
+  with pytest.raises(OSError):
+    evaluate.write_report(second, evaluate.compute_metrics(second), str(tmp_path),
+                          split='test', checkpoint='ckpt/9')
+  assert {name: (tmp_path / name).read_bytes() for name in before} == before
+  assert sorted(os.listdir(tmp_path)) == ['metrics.json', 'predictions.csv', 'scatter.png']
+
+
+class _Flag:
+  def __init__(self, value):
+    self.value = value
+
+
+@pytest.mark.parametrize('make_path,words', [
+    (lambda tmp: tmp / 'no_such_run', 'neither a training workdir'),
+    (lambda tmp: tmp / 'run' / 'checkpoints' / '7', 'cannot read the run config'),
+])
+def test_evaluate_command_errors_are_one_line(tmp_path, capsys, make_path, words):
+  (tmp_path / 'run' / 'checkpoints').mkdir(parents=True)
+  path = str(make_path(tmp_path))
+  main = command_errors.guard(functools.partial(evaluate.main, command_flags={
+      'workdir': _Flag(path), 'checkpoint': _Flag(None), 'split': _Flag('test'),
+      'output_dir': _Flag(None)}), 'mdiqa-evaluate')
+  assert main(['mdiqa-evaluate']) == command_errors.EXIT_ERROR
+  (line,) = capsys.readouterr().err.strip().splitlines()
+  assert line.startswith('mdiqa-evaluate: error: ') and words in line, line

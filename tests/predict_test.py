@@ -268,3 +268,51 @@ def test_python_dash_m_command_line(tiny_checkpoint, tmp_path):
   assert rows[0]['error'] == '' and 0.0 <= float(rows[0]['score']) <= 4.0
   assert 'cannot read as a PNG' in rows[1]['error']
   assert f'{tmp_path / "broken.png"}: cannot read as a PNG' in result.stderr
+
+
+def test_heatmap_names_are_unique_and_name_their_file_and_slice(tiny_checkpoint, tmp_path):
+  scans = tmp_path / 'scans'
+  (scans / 'a').mkdir(parents=True)
+  for path in ('x.npy', 'a/x.npy', 'a__x.npy'):
+    np.save(scans / path, _phantom_hu((64, 64), seed=len(path)))
+  tifffile.imwrite(scans / 'x.tif', _phantom_hu((64, 64), seed=9))
+  heatmaps = tmp_path / 'heatmaps'
+  status = predict.predict_command(_options(tiny_checkpoint.workdir, [scans],
+                                            heatmap=str(heatmaps),
+                                            output=str(tmp_path / 'out.csv')))
+  assert status == 0
+  names = sorted(os.listdir(heatmaps))
+  assert len(names) == 4
+  sources = {predict.heatmap_source(name, str(scans)) for name in names}
+  assert sources == {(str(scans / path), 0) for path in ('x.npy', 'a/x.npy', 'a__x.npy',
+                                                         'x.tif')}
+
+
+def test_a_heatmap_that_cannot_be_written_is_an_error_row_and_the_scores_are_kept(
+    tiny_checkpoint, tmp_path, capsys):
+  np.save(tmp_path / 'stack.npy', np.stack([_phantom_hu((64, 64), seed=s) for s in range(2)]))
+  heatmaps = tmp_path / 'heatmaps'
+  # A folder where the second slice's heatmap must go: the file system refuses it.
+  (heatmaps / predict.heatmap_name(str(tmp_path / 'stack.npy'), 1, str(tmp_path))).mkdir(
+      parents=True)
+  output = tmp_path / 'out.csv'
+  status = predict.predict_command(_options(tiny_checkpoint.workdir, [tmp_path / 'stack.npy'],
+                                            heatmap=str(heatmaps), output=str(output),
+                                            overwrite=True))
+  assert status == predict.EXIT_SOME_FAILED
+  rows = _read_csv(output)
+  assert [(r['slice'], bool(r['error'])) for r in rows] == [('0', False), ('1', False),
+                                                            ('', True)]
+  assert 'slice 1: scored, but its heatmap' in rows[2]['error']
+  assert 'Traceback' not in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_status_1(tiny_checkpoint, tmp_path,
+                                                                     capsys):
+  np.save(tmp_path / 'a.npy', _phantom_hu((64, 64)))
+  (tmp_path / 'out.csv').mkdir()  # --overwrite, but a folder cannot be replaced by a file.
+  status = predict.predict_command(_options(tiny_checkpoint.workdir, [tmp_path / 'a.npy'],
+                                            output=str(tmp_path / 'out.csv'), overwrite=True))
+  assert status == predict.EXIT_FATAL
+  (line,) = [l for l in capsys.readouterr().err.splitlines() if 'error' in l]
+  assert line.startswith(f'mdiqa-predict: error: {tmp_path / "out.csv"}: cannot write it: ')
