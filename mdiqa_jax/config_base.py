@@ -30,10 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
   # slice (data/preprocess.py): one random tile per example in training, every
   # tile of the slice when scoring (slice_scoring.py).
   config.data.image_size = 96       # Tile side, pixels (a multiple of 32).
-  # Pixel spacing (mm) the model is trained on: the synthetic default's
-  # clinical range. Slices outside it are resampled to its nearest end when
-  # scored; recorded in every checkpoint's config.json and in exports.
-  config.data.pixel_mm_range = (0.6, 0.95)
+  # Pixel spacing (mm) the model is trained on: the synthetic default's range
+  # (adult abdomens 0.6-0.95 mm, small patients 0.4-0.6 mm; data/synthetic.py).
+  # Slices outside it are resampled to its nearest end when scored; recorded
+  # in every checkpoint's config.json and in exports.
+  config.data.pixel_mm_range = (0.4, 0.95)
   # Spacing assumed for images that carry none (TIFF, PNG, .npy, and the
   # challenge's TIFFs), mm; mdiqa-predict --pixel_mm overrides it.
   config.data.pixel_mm = 0.75

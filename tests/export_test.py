@@ -47,7 +47,7 @@ def test_spec_records_preprocessing_and_outputs(exported_dir):
     spec = json.load(f)
   assert spec['input']['shape'] == ['B', 64, 64, 1] and spec['input']['batch_size'] is None
   assert spec['preprocessing']['tile_size'] == 64 and spec['preprocessing']['patch_size'] == 16
-  assert spec['preprocessing']['pixel_mm_range'] == [0.6, 0.95]
+  assert spec['preprocessing']['pixel_mm_range'] == [0.4, 0.95]
   assert spec['preprocessing']['assumed_pixel_mm'] == 0.75
   assert (spec['preprocessing']['window_width'], spec['preprocessing']['window_level']) == (
       350.0, 40.0)

@@ -80,23 +80,29 @@ def _disk_hu(size_mm, pixel_mm, seed):
 
 
 def test_dicom_spacing_goes_through_the_spacing_rule(tiny_checkpoint, tmp_path, write_ct_dicom):
+  """The model was trained on 0.4-0.95 mm (config.data.pixel_mm_range)."""
   paths = {}
-  for pixel_mm in (0.5, 0.8, 1.2):
+  for pixel_mm in (0.3, 0.5, 0.8, 1.2):
     hu = _disk_hu(80.0, pixel_mm, seed=int(pixel_mm * 10))
     paths[pixel_mm] = write_ct_dicom(str(tmp_path / f'at_{pixel_mm}.dcm'), hu, slope=1.0,
                                      intercept=0.0, PixelSpacing=[pixel_mm, pixel_mm])
-  np.save(tmp_path / 'plain.npy', _disk_hu(80.0, 0.5, seed=9))
+  np.save(tmp_path / 'plain.npy', _disk_hu(80.0, 0.3, seed=9))
   rows, failures = _predict_rows(tiny_checkpoint, list(paths.values()) +
                                  [str(tmp_path / 'plain.npy')])
   assert not failures
   by_name = {os.path.basename(r['file']): r for r in rows}
-  # 0.8 mm lies in the trained 0.6-0.95 mm: scored at its own pixels, no note.
-  inside = by_name['at_0.8.dcm']
-  assert (inside['pixel_mm'], inside['note'], inside['height']) == ('0.8', '', 100)
-  # 0.5 mm is finer than the range: shrunk to 0.6 mm (160 -> 133 pixels), said so.
-  fine = by_name['at_0.5.dcm']
-  assert float(fine['pixel_mm']) == pytest.approx(0.6, rel=0.01)
-  assert 'resampled from 0.5 mm to 0.602 mm pixels (the model was trained on 0.6-0.95 mm)' in (
+  # 0.5 and 0.8 mm lie in the range: scored at their own pixels, no note.
+  for name, pixel_mm, side in (('at_0.5.dcm', '0.5', 160), ('at_0.8.dcm', '0.8', 100)):
+    inside = by_name[name]
+    assert (inside['pixel_mm'], inside['note'], inside['height']) == (pixel_mm, '', side)
+  # The same anatomy at both spacings scores alike (the tiny model is untrained:
+  # a loose bound, but a model that saw pixels instead of mm would not meet it).
+  assert by_name['at_0.5.dcm']['score'] == pytest.approx(by_name['at_0.8.dcm']['score'],
+                                                         abs=0.5)
+  # 0.3 mm is finer than the range: shrunk to 0.4 mm (267 -> 200 pixels), said so.
+  fine = by_name['at_0.3.dcm']
+  assert float(fine['pixel_mm']) == pytest.approx(0.4, rel=0.01)
+  assert 'resampled from 0.3 mm to 0.4 mm pixels (the model was trained on 0.4-0.95 mm)' in (
       fine['note'])
   # 1.2 mm is coarser: enlarged to 0.95 mm.
   coarse = by_name['at_1.2.dcm']
@@ -105,8 +111,8 @@ def test_dicom_spacing_goes_through_the_spacing_rule(tiny_checkpoint, tmp_path, 
   # A file without spacing takes the training data's, or --pixel_mm, and says so.
   plain = by_name['plain.npy']
   assert plain['pixel_mm'] == '0.75' and 'assumed 0.75 mm' in plain['note']
-  (flagged,), _ = _predict_rows(tiny_checkpoint, [str(tmp_path / 'plain.npy')], pixel_mm=0.5)
-  assert 'assumed 0.5 mm (--pixel_mm)' in flagged['note'] and 'resampled from 0.5 mm' in (
+  (flagged,), _ = _predict_rows(tiny_checkpoint, [str(tmp_path / 'plain.npy')], pixel_mm=0.3)
+  assert 'assumed 0.3 mm (--pixel_mm)' in flagged['note'] and 'resampled from 0.3 mm' in (
       flagged['note'])
   assert flagged['score'] == pytest.approx(fine['score'], abs=0.1)
 
@@ -204,7 +210,7 @@ def test_command_never_overwrites_without_overwrite_and_writes_json(tiny_checkpo
   assert [s['file'] for s in result['slices']] == [str(tmp_path / 'a.npy')]
   assert result['failures'] == []
   assert result['settings']['tile_size'] == 64 and result['settings']['window_width'] == 350
-  assert result['settings']['pixel_mm_range'] == [0.6, 0.95]
+  assert result['settings']['pixel_mm_range'] == [0.4, 0.95]
   assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]  # No temporary left.
 
 

@@ -79,20 +79,31 @@ def test_degradations_of_a_slice_share_anatomy_and_reconstruction():
 
 
 def test_pixel_spacing_is_drawn_per_patient_in_the_clinical_range():
-  """Field of view fitted to the body (with a margin), clipped to
-  PIXEL_MM_RANGE: the spacing stays in range, varies between patients, and
-  the body fits in the field of view."""
-  assert synthetic.PIXEL_MM_RANGE == (0.6, 0.95) == CLINICAL.pixel_mm_range
-  spacings = []
+  """Field of view fitted to the (scaled) body with a margin, clipped to
+  PIXEL_MM_RANGE: the spacing stays in range, varies between patients, the
+  body fits in the field of view; adults lie in the abdominal 0.6-0.95 mm,
+  small patients below."""
+  assert synthetic.PIXEL_MM_RANGE == (0.4, 0.95) == CLINICAL.pixel_mm_range
+  spacings, small = [], []
   for split in synthetic.SPLITS:
     for index in range(25):
       patient = synthetic.make_patient(CLINICAL, split, index)
       pixel_mm = synthetic.patient_pixel_mm(CLINICAL, split, index)
-      assert 0.6 <= pixel_mm <= 0.95
-      assert patient.body_width_mm < 0.97 * CLINICAL.image_size * pixel_mm
+      scale = synthetic.patient_scale(CLINICAL, split, index)
+      assert 0.4 <= pixel_mm <= 0.95
+      assert scale * patient.body_width_mm < 0.97 * CLINICAL.image_size * pixel_mm
+      assert synthetic.render_pixel_mm(CLINICAL, split, index) == pytest.approx(
+          pixel_mm / scale)
+      if scale == 1.0:
+        assert pixel_mm >= 0.6  # Adult abdomens: the clinical 0.6-0.95 mm.
+      else:
+        assert 0.55 <= scale <= 0.85
+        small.append(pixel_mm)
       spacings.append(pixel_mm)
-  assert np.ptp(spacings) > 0.2
+  assert np.ptp(spacings) > 0.4
   assert len(set(spacings)) > 90
+  assert 0.15 < len(small) / len(spacings) < 0.5  # small_patient_fraction 0.3 of 100.
+  assert np.mean(np.array(small) < 0.6) > 0.6
 
 
 def test_generation_is_deterministic_and_splits_are_patient_disjoint():
@@ -115,9 +126,9 @@ def test_generation_is_deterministic_and_splits_are_patient_disjoint():
 
 
 def test_labels_fall_monotonically_with_dose_and_views():
-  """Clinical spec, cosine kernel at 2 mm (full-dose noise above the raters'
-  'excellent' level, so that every dose step counts), mean label per grid
-  cell over 6 slices: Spearman with dose (at full views) and with views (at
+  """Clinical spec, adult-sized patients, cosine kernel at 2 mm (full-dose
+  noise above the raters' 'excellent' level, so that every dose step counts),
+  mean label per grid cell over 6 slices: Spearman with dose (at full views) and with views (at
   full dose) is exactly 1; every label is the mean of integer rater scores
   in 0..4."""
   spec = CLINICAL
@@ -129,7 +140,8 @@ def test_labels_fall_monotonically_with_dose_and_views():
   degradations = tuple(synthetic.Degradation(dose, views, 'cosine', 2.0)
                        for dose, views in cells)
   scores = []
-  for patient in range(6):
+  adults = [i for i in range(20) if synthetic.patient_scale(spec, 'validation', i) == 1.0]
+  for patient in adults[:6]:
     scans = synthetic.simulate_scans(spec, 'validation', patient, patient % 2,
                                      degradations, panel)
     for scan in scans:

@@ -99,7 +99,8 @@ def render(spec: synthetic.SyntheticSpec, split: str, patient_index: int,
   pixel_mm = synthetic.patient_pixel_mm(spec, split, patient_index, patient)
   slice_ = phantoms.render_slice(patient, synthetic.slice_z_mm(spec, slice_index),
                                  image_size=spec.image_size,
-                                 pixel_size_mm=pixel_mm,
+                                 pixel_size_mm=synthetic.render_pixel_mm(
+                                     spec, split, patient_index, patient),
                                  supersample=spec.supersample)
   rows, cols = _crop_box(slice_, crop)
   crop = rows.stop - rows.start

@@ -8,9 +8,16 @@ windowed (`intensity.window_to_unit`, stored as uint8) and scored by a panel
 of simulated radiologists (`raters`), as LDCTIQAC2023 was made from the Mayo
 scans. Each degradation is one example.
 
-Per patient, the pixel spacing: the scanner's field of view fitted to the
-body width with a random margin, clipped to `pixel_mm_range` (the clinical
-0.6-0.95 mm at 512 px). Per rendered slice, the reconstruction: a kernel
+Per patient, a size and the pixel spacing. Most patients are adult-sized; a
+fraction `small_patient_fraction` are small (children, slim adults: every
+length scaled by a factor drawn from `small_patient_scale`, rendered as the
+adult anatomy on a grid of pixel_mm / scale and projected at the true
+pixel_mm, so that line integrals, and so noise, scale with the body). The
+spacing is the scanner's field of view fitted to the body width with a
+random margin, clipped to `pixel_mm_range`: adults land on the clinical
+0.6-0.95 mm of abdominal CT at 512 px, small patients on 0.4-0.6 mm (where
+paediatric and head scans lie), so that the model is trained on, and scores
+natively, the spacings real scans come at. Per rendered slice, the reconstruction: a kernel
 (`acquisition.FILTERS`) and a slice thickness, shared by its degradations
 (the same images at two qualities). Photons per detector bin are
 proportional to the bin's area (pixel spacing x slice thickness), so the
@@ -47,7 +54,7 @@ from mdiqa_jax.data import raters
 SPLITS = ('train', 'validation', 'test', 'unlabeled')
 # Pixel spacing of clinical abdominal CT at 512 x 512, mm (the range the
 # default dataset covers, and the model code's training range).
-PIXEL_MM_RANGE = (0.6, 0.95)
+PIXEL_MM_RANGE = (0.4, 0.95)
 # Reconstruction slice thicknesses of clinical abdominal protocols, mm.
 SLICE_THICKNESSES_MM = (1.0, 1.25, 2.0, 2.5, 3.0, 5.0)
 
@@ -75,6 +82,9 @@ class SyntheticSpec:
       spacing it gives is clipped to this range.
     field_of_view_margin: (low, high) of the field of view over the body
       width.
+    small_patient_fraction: probability that a patient is small.
+    small_patient_scale: (low, high) of a small patient's size over the
+      adult phantom's (uniform).
     num_raters: R, simulated radiologists per image.
     seed: the dataset seed.
     photons_per_mm2: unattenuated photons per view at full dose per mm^2 of
@@ -100,6 +110,8 @@ class SyntheticSpec:
   slice_thicknesses_mm: tuple[float, ...] = SLICE_THICKNESSES_MM
   pixel_mm_range: tuple[float, float] = PIXEL_MM_RANGE
   field_of_view_margin: tuple[float, float] = (1.08, 1.3)
+  small_patient_fraction: float = 0.3
+  small_patient_scale: tuple[float, float] = (0.55, 0.85)
   num_raters: int = 5
   seed: int = 0
   photons_per_mm2: float = 2.6e5
@@ -149,6 +161,11 @@ class SyntheticSpec:
       raise ValueError('SyntheticSpec.field_of_view_margin must be (low, '
                        f'high) with 0 < low <= high, got '
                        f'{self.field_of_view_margin}.')
+    low, high = self.small_patient_scale
+    if not (0 <= self.small_patient_fraction <= 1 and 0 < low <= high <= 1):
+      raise ValueError('SyntheticSpec.small_patient_fraction must be in [0, 1] and '
+                       'small_patient_scale (low, high) with 0 < low <= high <= 1, got '
+                       f'{self.small_patient_fraction}, {self.small_patient_scale}.')
     if self.num_raters < 1:
       raise ValueError(
           f'SyntheticSpec.num_raters must be >= 1, got {self.num_raters}.')
@@ -240,8 +257,27 @@ def patient_pixel_mm(spec: SyntheticSpec, split: str, patient_index: int,
   spec.pixel_mm_range (deterministic)."""
   patient = make_patient(spec, split, patient_index) if patient is None else patient
   rng = np.random.default_rng([spec.seed, _split_code(split), patient_index, 0xF0F])
-  field_of_view = patient.body_width_mm * rng.uniform(*spec.field_of_view_margin)
+  field_of_view = (patient_scale(spec, split, patient_index) * patient.body_width_mm *
+                   rng.uniform(*spec.field_of_view_margin))
   return float(np.clip(field_of_view / spec.image_size, *spec.pixel_mm_range))
+
+
+def patient_scale(spec: SyntheticSpec, split: str, patient_index: int) -> float:
+  """The patient's size over the adult phantom's: 1, or for a small patient
+  (probability spec.small_patient_fraction) uniform in spec.small_patient_scale
+  (deterministic)."""
+  rng = np.random.default_rng([spec.seed, _split_code(split), patient_index, 0x5CA1E])
+  if rng.random() >= spec.small_patient_fraction:
+    return 1.0
+  return float(rng.uniform(*spec.small_patient_scale))
+
+
+def render_pixel_mm(spec: SyntheticSpec, split: str, patient_index: int,
+                    patient: phantoms.Patient | None = None) -> float:
+  """Pixel side on the adult phantom that renders the (scaled) patient at its
+  spacing: patient_pixel_mm / patient_scale, mm of the unscaled anatomy."""
+  return (patient_pixel_mm(spec, split, patient_index, patient) /
+          patient_scale(spec, split, patient_index))
 
 
 def make_panel(spec: SyntheticSpec) -> tuple[raters.Rater, ...]:
@@ -337,7 +373,8 @@ def simulate_scans(spec: SyntheticSpec, split: str, patient_index: int,
   geometry = spec.geometry(pixel_mm)
   slice_ = phantoms.render_slice(
       patient, slice_z_mm(spec, slice_index), image_size=spec.image_size,
-      pixel_size_mm=pixel_mm, supersample=spec.supersample)
+      pixel_size_mm=render_pixel_mm(spec, split, patient_index, patient),
+      supersample=spec.supersample)
   full_sinogram = acquisition.forward_project(
       intensity.hu_to_attenuation(slice_.hu), geometry)
 

@@ -74,7 +74,7 @@ def _available_cpus() -> int:
 class LdctIqaSynthetic(tfds.core.GeneratorBasedBuilder):
   """Simulated low-dose CT slices with simulated radiologist scores."""
 
-  VERSION = tfds.core.Version('2.0.0')
+  VERSION = tfds.core.Version('2.1.0')
   RELEASE_NOTES = {
       '1.0.0': 'Physics-based phantoms, Poisson noise, sparse views, FBP, '
                'simulated raters.',
@@ -83,6 +83,8 @@ class LdctIqaSynthetic(tfds.core.GeneratorBasedBuilder):
                'NUFFT projector / FBP; uint8 PNG images; pixel_mm, '
                'slice_thickness_mm and kernel features; config clinical '
                'replaces small.',
+      '2.1.0': 'Small patients (30 %, scaled 0.55-0.85) widen the spacing to '
+               '0.4-0.95 mm.',
   }
   BUILDER_CONFIGS = [
       SyntheticConfig(name='clinical', spec=synthetic.CLINICAL_SPEC,
