@@ -6,8 +6,11 @@ mean square of every output w.r.t. the params), warmed up, then timed
 the registered timm models recorded in tests/fixtures/timm_registry_shapes.json,
 the time `load_pretrained` takes to map a random state dict of that exact
 shape onto the preset (including position-embedding resampling to
---image_size and the RGB -> 1 channel reduction). Prints a table and writes
-bench/results/backbones_bench.json.
+--image_size and the RGB -> 1 channel reduction). Last, `depthwise_conv2d`
+alone at ConvNeXt-T's stage shapes for --image_size (7x7, the --batch),
+forward and forward+backward, in every --depthwise implementation: the numbers
+behind the choice that implementation='auto' makes on this device. Prints a
+table and writes bench/results/backbones_bench.json.
 
   python bench/backbones_bench.py --vit=tiny_cpu,s/16 --convnext=tiny_cpu,tiny \
       --image_size=224 --batch=2 --repeats=5
@@ -29,6 +32,7 @@ import bench_common
 from mdiqa_jax.convert import load_pretrained
 from mdiqa_jax.models.convnext import ConvNeXt, convnext_config
 from mdiqa_jax.models.vit import ViT, vit_config
+from mdiqa_jax.ops import depthwise_conv2d
 
 _VIT = flags.DEFINE_list('vit', ['tiny_cpu'], 'ViT presets to time.')
 _CONVNEXT = flags.DEFINE_list('convnext', ['tiny_cpu'], 'ConvNeXt presets to time.')
@@ -38,6 +42,8 @@ _CHANNELS = flags.DEFINE_integer('channels', 1, 'Input channels.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement.')
 _LOAD = flags.DEFINE_list('load', ['vit_tiny_patch16_224:ti/16', 'convnext_atto:atto'],
                           'timm_name:preset pairs whose checkpoint loading is timed.')
+_DEPTHWISE = flags.DEFINE_list('depthwise', ['shifted', 'xla'],
+                               'depthwise_conv2d implementations to time.')
 _OUTPUT = flags.DEFINE_string(
     'output', os.path.join(os.path.dirname(__file__), 'results', 'backbones_bench.json'),
     'JSON file to write.')
@@ -66,6 +72,20 @@ def _time_backbone(family, preset, module):
   }
 
 
+def _time_depthwise(channels, side, implementation):
+  """Median forward and forward+backward seconds of one 7x7 depthwise convolution."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(_BATCH.value, side, side, channels)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(7, 7, 1, channels)), jnp.float32)
+  convolve = lambda x, k: depthwise_conv2d(x, k, padding=3, implementation=implementation)
+  backward = jax.jit(jax.grad(lambda x, k: jnp.sum(convolve(x, k) ** 2), argnums=(0, 1)))
+  return {'implementation': implementation, 'shape': [_BATCH.value, side, side, channels],
+          'forward_s': bench_common.median_seconds(jax.jit(convolve), x, kernel,
+                                                   repeats=_REPEATS.value),
+          'forward_backward_s': bench_common.median_seconds(backward, x, kernel,
+                                                            repeats=_REPEATS.value)}
+
+
 def _time_load(timm_name, preset):
   """Seconds for load_pretrained of a random state dict shaped like timm_name."""
   registry = json.loads(_REGISTRY.read_text())['models'][timm_name]['state_dict']
@@ -92,6 +112,9 @@ def main(argv):
   backbones += [_time_backbone('convnext', p, ConvNeXt(**convnext_config(p)))
                 for p in _CONVNEXT.value]
   loads = [_time_load(*pair.split(':')) for pair in _LOAD.value]
+  stages = zip(convnext_config('tiny')['widths'], (4, 8, 16, 32))
+  depthwise = [_time_depthwise(channels, _IMAGE_SIZE.value // stride, implementation)
+               for channels, stride in stages for implementation in _DEPTHWISE.value]
   print(f'{_BATCH.value}x{_IMAGE_SIZE.value}x{_IMAGE_SIZE.value}x{_CHANNELS.value} on '
         f'{jax.devices()[0].device_kind}:')
   print(f'{"backbone":<20} {"params":>12} {"forward ms":>12} {"fwd+bwd ms":>12}')
@@ -101,10 +124,14 @@ def main(argv):
   for row in loads:
     print(f'load {row["timm_name"]} -> {row["preset"]}: {row["load_s"]:.2f} s '
           f'({row["loaded"]} loaded; {row["resized"] + row["adapted"]})')
+  for row in depthwise:
+    print(f'depthwise 7x7 {row["shape"]} {row["implementation"]:>8}: '
+          f'{1e3 * row["forward_s"]:.2f} ms forward, '
+          f'{1e3 * row["forward_backward_s"]:.2f} ms forward+backward')
   result = {
       'image_size': _IMAGE_SIZE.value, 'batch': _BATCH.value, 'channels': _CHANNELS.value,
       'repeats': _REPEATS.value, **bench_common.machine_info(),
-      'backbones': backbones, 'loads': loads,
+      'backbones': backbones, 'loads': loads, 'depthwise': depthwise,
   }
   bench_common.write_results(_OUTPUT.value, result)
 

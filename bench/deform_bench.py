@@ -2,8 +2,11 @@ r"""Times deform_conv2d against lax.conv_general_dilated of the same shape.
 
 Forward and forward+backward (gradients w.r.t. every input) are jitted, warmed
 up, then timed --repeats times; the median is reported, with the ratio
-deform / conv measured in the same run. Prints a table and writes
-bench/results/deform_bench.json.
+deform / conv measured in the same run. deform_conv2d runs twice: as it
+chooses its chunks of output rows ('deform') and with all rows in one chunk
+('deform_one_chunk', the op before chunking). For each, the temporary bytes of
+the compiled forward+backward (XLA's memory analysis) are reported. Prints a
+table and writes bench/results/deform_bench.json.
 
   python bench/deform_bench.py --repeats=20
 """
@@ -28,14 +31,20 @@ _OUTPUT = flags.DEFINE_string(
                            'deform_bench.json'), 'JSON file to write.')
 
 # (batch, height, width, in_channels, out_channels, kernel_size): the
-# alignment-block scales MD-IQA uses (CNN features at 1/8 and 1/16 of a crop).
-_SHAPES = ((2, 32, 32, 64, 64, 3), (2, 16, 16, 128, 128, 3))
+# alignment-block scales MD-IQA uses (CNN features at 1/8 and 1/16 of a crop),
+# and the paper config's finest (1/4 of 448 px, ConvNeXt-T's 96 channels).
+_SHAPES = ((2, 32, 32, 64, 64, 3), (2, 16, 16, 128, 128, 3), (2, 112, 112, 96, 96, 3))
 
 
 def _forward_and_backward(forward, num_arguments):
   """jit of (inputs) -> gradients of sum(forward(inputs)**2) w.r.t. all."""
   loss = lambda *arguments: jnp.sum(forward(*arguments) ** 2)
   return jax.jit(jax.grad(loss, argnums=tuple(range(num_arguments))))
+
+
+def _temporary_bytes(jitted, *arguments):
+  """Bytes of temporaries XLA allocates for one call (compiled memory analysis)."""
+  return jitted.lower(*arguments).compile().memory_analysis().temp_size_in_bytes
 
 
 def _benchmark_shape(batch, height, width, in_channels, out_channels,
@@ -59,6 +68,10 @@ def _benchmark_shape(batch, height, width, in_channels, out_channels,
     return deform_conv2d(x, offset, mask, kernel, padding=padding,
                          offset_groups=groups)
 
+  def deform_one_chunk(x, offset, mask, kernel):
+    return deform_conv2d(x, offset, mask, kernel, padding=padding,
+                         offset_groups=groups, rows_per_chunk=height)
+
   def conv(x, kernel):
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(1, 1), padding='SAME',
@@ -70,14 +83,21 @@ def _benchmark_shape(batch, height, width, in_channels, out_channels,
   median_seconds = functools.partial(bench_common.median_seconds,
                                      repeats=_REPEATS.value,
                                      warmup=1 + _WARMUP.value)
+  backward = {'deform': _forward_and_backward(deform, 4),
+              'deform_one_chunk': _forward_and_backward(deform_one_chunk, 4)}
   seconds = {
       'deform_forward': median_seconds(jax.jit(deform), *deform_inputs),
+      'deform_one_chunk_forward': median_seconds(jax.jit(deform_one_chunk),
+                                                 *deform_inputs),
       'conv_forward': median_seconds(jax.jit(conv), *conv_inputs),
-      'deform_forward_backward': median_seconds(
-          _forward_and_backward(deform, 4), *deform_inputs),
+      'deform_forward_backward': median_seconds(backward['deform'], *deform_inputs),
+      'deform_one_chunk_forward_backward': median_seconds(
+          backward['deform_one_chunk'], *deform_inputs),
       'conv_forward_backward': median_seconds(
           _forward_and_backward(conv, 2), *conv_inputs),
   }
+  temporary_bytes = {name: _temporary_bytes(function, *deform_inputs)
+                     for name, function in backward.items()}
   return {
       'shape': dict(batch=batch, height=height, width=width,
                     in_channels=in_channels, out_channels=out_channels,
@@ -86,6 +106,9 @@ def _benchmark_shape(batch, height, width, in_channels, out_channels,
       'ratio_forward': seconds['deform_forward'] / seconds['conv_forward'],
       'ratio_forward_backward': (seconds['deform_forward_backward']
                                  / seconds['conv_forward_backward']),
+      'forward_backward_temporary_bytes': temporary_bytes,
+      'temporary_bytes_cut': (temporary_bytes['deform_one_chunk']
+                              / temporary_bytes['deform']),
   }
 
 
@@ -105,7 +128,8 @@ def main(argv):
           f'{result["ratio_forward"]:6.1f} '
           f'{ms["deform_forward_backward"]:11.2f} '
           f'{ms["conv_forward_backward"]:9.2f} '
-          f'{result["ratio_forward_backward"]:6.1f}')
+          f'{result["ratio_forward_backward"]:6.1f}  temporaries one chunk / chunked '
+          f'{result["temporary_bytes_cut"]:.1f}x')
   report = {
       'benchmark': 'deform_conv2d vs lax.conv_general_dilated, jit, float32',
       **bench_common.machine_info(),

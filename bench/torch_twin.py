@@ -15,7 +15,8 @@ here, so timm and torchvision.ops both run on torch 2.14.1.)
 The PyTorch side is bench/torch_twin_worker.py in that interpreter, one process
 driven over a pipe, so that only one framework runs at a time. For every case:
 1. the worker builds the timm models with seeded random weights (ConvNeXt
-   layer scales 0.5, so that every block matters) and writes them as
+   layer scales 0.5 and LayerNorm affines perturbed, so that every block and
+   the input matter) and writes them as
    .safetensors; the JAX side loads them through `mdiqa_jax.convert`. Op cases
    share the same random arrays.
 2. Both sides compute the outputs and the gradients of sum(mean(out ** 2)) with

@@ -8,7 +8,8 @@ line; it answers one JSON object per line (anything else goes to stderr):
   {"command": "build", "case": CASE, "directory": DIR}
       builds the case from the arrays in DIR/NAME_inputs.npz (NHWC, the JAX
       layouts). Model cases ("kind": "timm") create their timm models with
-      seeded random weights, write them to DIR/NAME_MODEL.safetensors for the
+      seeded random weights (timm's init, ConvNeXt layer scales 0.5,
+      LayerNorm affines perturbed), write them to DIR/NAME_MODEL.safetensors for the
       JAX side to convert, and write DIR/NAME_torch.npz: the forward output
       (NHWC) and the gradient of the loss w.r.t. every input, in the JAX
       layouts. Answers {"torch": version, "threads": n, "weights": [paths]}.
@@ -30,6 +31,10 @@ import numpy as np
 import torch
 
 _LAYER_SCALE = 0.5  # timm initialises ConvNeXt's gammas to 1e-6: blocks would be ~identity.
+# LayerNorm affines drawn around timm's (1, 0): with unit scales and zero shifts
+# the mean square of normed tokens is ~1 whatever the input, and its gradient
+# w.r.t. the image would be rounding noise.
+_NORM_AFFINE_STD = 0.2
 
 
 def _to_torch_image(array):
@@ -49,6 +54,10 @@ def _create_model(spec, seed):
     for name, parameter in model.named_parameters():
       if name.endswith('gamma'):
         parameter.fill_(_LAYER_SCALE)
+    for module in model.modules():
+      if isinstance(module, torch.nn.LayerNorm):
+        module.weight.add_(_NORM_AFFINE_STD * torch.randn_like(module.weight))
+        module.bias.add_(_NORM_AFFINE_STD * torch.randn_like(module.bias))
   return model.eval()
 
 

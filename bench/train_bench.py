@@ -1,16 +1,30 @@
-r"""Training throughput: step time and images/s per config and parallel mode.
+r"""Training throughput of the whole train step: images/s, compile time, memory, MFU.
 
-  python bench/train_bench.py [--configs=default,paper] [--modes=pmap,shard_map]
+  PYTHONPATH=. python bench/train_bench.py [--configs=default,paper]
+      [--modes=shard_map] [--depthwise=auto,xla] [--remat=false] [--dtypes=float32]
       [--steps=5 --rounds=4] [--batch_size=paper=2 --steps_for=paper=1]
 
-For each config and each `config.parallel` mode, times the compiled data-parallel
-train step (mdiqa_jax.train_step.DataParallel over all local devices) on
-random batches of the config's global batch size and image size: compile time
-(first step), then the median wall time of the steps (each waited for) of
-`--rounds` rounds, each running `--steps` steps of every mode in turn.
-The input pipeline is not in the loop (bench/pipeline_bench.py times it).
-Writes bench/results/train_bench.json.
+For each config and each variant (every combination of `config.parallel`,
+the ConvNeXt depthwise implementation, `config.model.remat` and
+`config.model.dtype`), compiles the data-parallel train step
+(mdiqa_jax.train_step.DataParallel over all local devices) ahead of time on
+random batches of the config's global batch size and image size, then times
+`--rounds` rounds, each running `--steps` steps of every variant in turn (the
+load of a shared machine drifts; interleaving exposes all variants to it
+alike). Reported per variant: compile seconds, the first step apart, the
+median step time and images/s; XLA's cost analysis (FLOPs per step) and
+memory analysis (argument, output, temporary bytes; peak bytes in use where
+the device reports it); and, on an accelerator whose peak is known (or given
+by --peak_tflops), MFU = FLOPs / step time / peak, the peak of the variant's
+dtype (float32 counts at the TF32 tensor-core rate, XLA's default for float32
+matmuls on NVIDIA GPUs). The input pipeline is not in the loop
+(bench/pipeline_bench.py times it). Writes bench/results/train_bench.json.
+
+The depthwise implementation 'xla' is the path before ops/depthwise.py ('auto'
+picks the shifted multiply-adds on CPU), so --depthwise=auto,xla measures the
+gain side by side. bench/gpu_check.sh runs this on a GPU in under 5 minutes.
 """
+import itertools
 import json
 import os
 import statistics
@@ -35,15 +49,31 @@ from mdiqa_jax import train_step  # pylint: disable=g-import-not-at-top,wrong-im
 
 CONFIGS = {'default': default_config.get_config, 'paper': paper_config.get_config}
 
+# Dense peak FLOP/s per device by jax device_kind: (bfloat16, float32 as TF32).
+PEAK_FLOPS = {
+    'NVIDIA H200': (989e12, 494e12),
+    'NVIDIA H100 80GB HBM3': (989e12, 494e12),
+    'NVIDIA H100 PCIe': (756e12, 378e12),
+    'NVIDIA A100-SXM4-80GB': (312e12, 156e12),
+    'NVIDIA A100-SXM4-40GB': (312e12, 156e12),
+    'NVIDIA L4': (121e12, 60e12),
+}
+
 _CONFIGS = flags.DEFINE_list('configs', ['default', 'paper'], 'Configs to time.')
-_MODES = flags.DEFINE_list('modes', ['pmap', 'shard_map'], 'config.parallel values.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per config, mode and round.')
-_ROUNDS = flags.DEFINE_integer('rounds', 4, 'Rounds; each times every mode in turn.')
+_MODES = flags.DEFINE_list('modes', ['shard_map'], 'config.parallel values.')
+_DEPTHWISE = flags.DEFINE_list('depthwise', ['auto', 'xla'],
+                               'ConvNeXt depthwise implementations (ops/depthwise.py).')
+_REMAT = flags.DEFINE_list('remat', ['false'], 'config.model.remat values (true / false).')
+_DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'config.model.dtype values.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per config, variant and round.')
+_ROUNDS = flags.DEFINE_integer('rounds', 4, 'Rounds; each times every variant in turn.')
 _BATCH_SIZES = flags.DEFINE_multi_string(
     'batch_size', [], 'NAME=SIZE: global batch size for a config (default: the config\'s), '
     'e.g. paper=2 on a CPU.')
 _STEPS_PER_CONFIG = flags.DEFINE_multi_string(
     'steps_for', [], 'NAME=STEPS: steps per round for one config (default --steps).')
+_PEAK_TFLOPS = flags.DEFINE_float('peak_tflops', None,
+                                  'Peak TFLOP/s per device for MFU (default: PEAK_FLOPS).')
 _OUTPUT = flags.DEFINE_string('output', os.path.join(REPO_DIR, 'bench', 'results',
                                                      'train_bench.json'), 'JSON output.')
 
@@ -56,79 +86,128 @@ def _parse_pairs(values):
   return pairs
 
 
-def compiled_step(name: str, mode: str, batch_size: int):
-  """Builds config `name` under `mode`; returns (config, params count, run_one_step)."""
+def _parse_bool(value: str) -> bool:
+  if value.lower() not in ('true', 'false'):
+    raise ValueError(f'--remat: expected true or false, got {value!r}.')
+  return value.lower() == 'true'
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+  """Peak FLOP/s of one device for `dtype` matmuls, None when unknown."""
+  if _PEAK_TFLOPS.value:
+    return _PEAK_TFLOPS.value * 1e12
+  peaks = PEAK_FLOPS.get(device_kind)
+  return None if peaks is None else peaks[0 if dtype == 'bfloat16' else 1]
+
+
+def build_model(config, depthwise: str):
+  """create_model(config) with the ConvNeXt branch's depthwise implementation set."""
+  model = models.create_model(config)
+  if model.convnext is None:
+    return model
+  return model.clone(convnext=model.convnext.clone(depthwise_implementation=depthwise))
+
+
+def compiled_step(name: str, variant: dict, batch_size: int):
+  """Builds and compiles one variant; returns (entry, run_one_step)."""
   config = CONFIGS[name]()
   config.batch_size = batch_size
-  config.parallel = mode
-  model = models.create_model(config)
+  config.parallel = variant['parallel']
+  config.model.remat = variant['remat']
+  config.model.dtype = variant['dtype']
+  model = build_model(config, variant['depthwise'])
   params = jax.jit(train_step.init_params, static_argnums=(0, 2))(
       model, jax.random.PRNGKey(0), config.data.image_size)
   tx, learning_rate_fn = optim.create_optimizer(config.optim, models.param_groups(params),
                                                 total_steps=1000)
   parallel = train_step.DataParallel(
       train_step.make_train_step(config, model, losses.make_loss_fn(config), tx,
-                                 learning_rate_fn), mode)
+                                 learning_rate_fn), variant['parallel'])
   holder = {'state': parallel.replicate(train_step.create_train_state(
       params, tx, jax.random.PRNGKey(1), use_ema=bool(config.optim.ema_decay)))}
   rng = np.random.default_rng(0)
   size = config.data.image_size
-  host_batch = {'image': rng.uniform(size=(batch_size, size, size, 1)).astype(np.float32),
-                'score': rng.uniform(0, 4, batch_size).astype(np.float32)}
+  batch = parallel.shard_batch(
+      {'image': rng.uniform(size=(batch_size, size, size, 1)).astype(np.float32),
+       'score': rng.uniform(0, 4, batch_size).astype(np.float32)})
+  start = time.perf_counter()
+  step = jax.jit(parallel.step, donate_argnums=0).lower(holder['state'], batch).compile()
+  compile_seconds = time.perf_counter() - start
 
   def run_one_step() -> float:
     start = time.perf_counter()
-    holder['state'], metrics = parallel.step(holder['state'], parallel.shard_batch(host_batch))
+    holder['state'], metrics = step(holder['state'], batch)
     jax.block_until_ready(metrics)
     return time.perf_counter() - start
-  return config, models.count_params(params), run_one_step
+
+  memory = step.memory_analysis()
+  cost = step.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  entry = {
+      'config': name, **variant, 'global_batch_size': batch_size,
+      'image_size': size, 'parameters': models.count_params(params),
+      'compile_seconds': compile_seconds, 'first_step_seconds': run_one_step(),
+      'flops_per_step': float(cost.get('flops', 0.0)) if cost else None,
+      'memory_bytes': None if memory is None else {
+          'arguments': memory.argument_size_in_bytes, 'outputs': memory.output_size_in_bytes,
+          'temporaries': memory.temp_size_in_bytes, 'aliased': memory.alias_size_in_bytes},
+  }
+  return entry, run_one_step
 
 
-def time_config(name: str, modes, batch_size: int, steps: int, rounds: int) -> list:
-  """Times every mode of one config, interleaving rounds of `steps` steps.
-
-  On a shared machine the load drifts; alternating the modes round by round
-  exposes them to the same drift, so their medians compare fairly.
-  """
-  entries, runners = {}, {}
-  for mode in modes:
-    config, num_params, run_one_step = compiled_step(name, mode, batch_size)
-    compile_seconds = run_one_step()
-    runners[mode] = run_one_step
-    entries[mode] = {
-        'config': name, 'parallel': mode, 'global_batch_size': batch_size,
-        'image_size': config.data.image_size, 'dtype': config.model.dtype,
-        'parameters': num_params, 'compile_and_first_step_seconds': compile_seconds,
-        'step_seconds': []}
+def time_config(name: str, variants: list, batch_size: int, steps: int, rounds: int) -> list:
+  """Times every variant of one config, interleaving rounds of `steps` steps."""
+  entries, runners, seconds = [], [], []
+  for variant in variants:
+    entry, run_one_step = compiled_step(name, variant, batch_size)
+    entries.append(entry)
+    runners.append(run_one_step)
+    seconds.append([])
   for _ in range(rounds):
-    for mode in modes:
-      entries[mode]['step_seconds'].extend(runners[mode]() for _ in range(steps))
-  for entry in entries.values():
-    seconds = entry.pop('step_seconds')
-    entry.update(timed_steps=len(seconds), step_seconds_median=statistics.median(seconds),
-                 step_seconds_min=min(seconds),
-                 images_per_second=batch_size / statistics.median(seconds))
-  return list(entries.values())
+    for runner, timings in zip(runners, seconds):
+      timings.extend(runner() for _ in range(steps))
+  device = jax.devices()[0]
+  peak_in_use = (device.memory_stats() or {}).get('peak_bytes_in_use')
+  for entry, timings in zip(entries, seconds):
+    median = statistics.median(timings)
+    peak = peak_flops(device.device_kind, entry['dtype'])
+    entry.update(timed_steps=len(timings), step_seconds_median=median,
+                 step_seconds_min=min(timings), images_per_second=batch_size / median,
+                 device_peak_bytes_in_use=peak_in_use,
+                 mfu=(entry['flops_per_step'] / jax.local_device_count() / median / peak
+                      if peak and entry['flops_per_step'] else None))
+  return entries
 
 
 def main(argv):
   del argv
   batch_sizes = _parse_pairs(_BATCH_SIZES.value)
   steps_for = _parse_pairs(_STEPS_PER_CONFIG.value)
+  variants = [dict(parallel=mode, depthwise=depthwise, remat=_parse_bool(remat), dtype=dtype)
+              for mode, depthwise, remat, dtype in itertools.product(
+                  _MODES.value, _DEPTHWISE.value, _REMAT.value, _DTYPES.value)]
+  load = {'before': os.getloadavg()[0]}
   results = []
   for name in _CONFIGS.value:
     batch_size = batch_sizes.get(name, CONFIGS[name]().batch_size)
-    for entry in time_config(name, _MODES.value, batch_size,
-                             steps_for.get(name, _STEPS.value), _ROUNDS.value):
+    for entry in time_config(name, variants, batch_size, steps_for.get(name, _STEPS.value),
+                             _ROUNDS.value):
       print(json.dumps(entry), flush=True)
       results.append(entry)
+    load[f'after_{name}'] = os.getloadavg()[0]
   for name in _CONFIGS.value:
-    by_mode = {r['parallel']: r['step_seconds_median'] for r in results if r['config'] == name}
-    if len(by_mode) > 1:
-      print(f'{name}: fastest mode {min(by_mode, key=by_mode.get)} {by_mode}')
+    rows = [r for r in results if r['config'] == name]
+    fastest = min(rows, key=lambda r: r['step_seconds_median'])
+    print(f'{name}: ' + ', '.join(
+        f'{r["parallel"]}/{r["depthwise"]}/remat={r["remat"]}/{r["dtype"]} '
+        f'{r["step_seconds_median"]:.3f} s '
+        f'({r["step_seconds_median"] / fastest["step_seconds_median"]:.2f}x the fastest)'
+        for r in rows))
   report = {
-      'benchmark': 'data-parallel train step (compiled), random batches, no input pipeline',
+      'benchmark': 'data-parallel train step (compiled ahead of time), random batches, '
+                   'no input pipeline; variants interleaved round by round',
       **bench_common.machine_info(),
+      'load_average_1min': load,
       'versions': {'jax': jax.__version__, 'numpy': np.__version__},
       'results': results,
   }
