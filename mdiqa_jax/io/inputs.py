@@ -138,17 +138,18 @@ def _order_series(listed: list[tuple[str, str]],
                   failures: list[slices_lib.InputFileError]) -> list[tuple[str, str]]:
   """Puts each DICOM series, ordered, at the place of its first file."""
   headers = []
-  for path, kind in listed:
-    if kind == DICOM:
-      try:
-        # What pydicom warns about a header is reported when the file is read.
-        with capture_messages():
+  # What pydicom warns about a header (also when it converts a value lazily,
+  # while ordering) is reported when the file is read.
+  with capture_messages():
+    for path, kind in listed:
+      if kind == DICOM:
+        try:
           headers.append((path, dicom.read_header(path)))
-      except slices_lib.InputFileError as e:
-        failures.append(e)
+        except slices_lib.InputFileError as e:
+          failures.append(e)
+    series = dicom.series_order(headers)
   position = {path: i for i, (path, _) in enumerate(listed)}
-  anchor = {min(series, key=position.__getitem__): series
-            for series in dicom.series_order(headers)}
+  anchor = {min(members, key=position.__getitem__): members for members in series}
   ordered = []
   for path, kind in listed:
     if kind != DICOM:
