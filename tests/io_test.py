@@ -307,3 +307,13 @@ def test_find_inputs_reports_missing_and_unknown_paths_and_keeps_the_rest(tmp_pa
   assert messages[0] == f'{missing}: no such file or directory.'
   assert messages[1].startswith(f'{tmp_path / "scan.jpg"}: unknown file format')
   assert len(messages) == 2
+
+
+def test_tiff_float_samples_are_slices_not_colour(tmp_path):
+  stack = np.random.default_rng(8).uniform(0, 1, (3, 40, 40)).astype(np.float32)
+  tifffile.imwrite(tmp_path / 'planes.tif', stack, photometric='rgb', planarconfig='separate')
+  with pytest.warns(ct_io.AssumedIntensityWarning, match='read as 3 slices'):
+    slices = _read(str(tmp_path / 'planes.tif'))
+  assert [s.index for s in slices] == [0, 1, 2]
+  for ct_slice, plane in zip(slices, stack):
+    np.testing.assert_array_equal(ct_slice.pixels, plane)
