@@ -59,6 +59,8 @@ _BITS_ALLOCATED = (8, 16, 32, 64)
 # CT numbers stop near +3071 HU (+30000 on extended scales, for metal); a
 # slice with more than _IMPLAUSIBLE_FRACTION of its pixels above this is not CT.
 MAX_PLAUSIBLE_HU = 30000.0
+# Room for the attributes besides the pixels (overlays, private tags), bytes.
+_MAX_OTHER_BYTES = 64 << 20
 _IMPLAUSIBLE_FRACTION = 0.01
 
 
@@ -193,7 +195,12 @@ def read(path: str) -> list[slices_lib.Slice]:
       be decompressed (the missing decoder named), has a malformed, zero or
       non-finite rescale, values that cannot be CT, or the wrong shape.
   """
-  frames, rows, columns = _check_image_header(path, read_header(path))
+  header = read_header(path)
+  frames, rows, columns = _check_image_header(path, header)
+  # Read whole only when the file is not far larger than the image it declares.
+  slices_lib.check_file_size(
+      path, 2 * frames * rows * columns * _integer(path, header, 'BitsAllocated') // 8 +
+      _MAX_OTHER_BYTES, f'a DICOM file of {frames} x {rows} x {columns} pixels')
   ds = _dcmread(path, stop_before_pixels=False)
   _check_pixel_data(path, ds, frames, rows, columns)
   modality = _value(path, ds, 'Modality') or ''

@@ -33,6 +33,9 @@ _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # By PNG colour type.
 _ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2),
           (1, 0, 2, 1))
 _INFLATE_PIECE = 1 << 20
+# The largest PNG within the size limit: 16-bit RGBA rows (8 bytes a pixel),
+# stored, plus chunk overheads.
+_MAX_FILE_BYTES = 8 * slices_lib.MAX_PIXELS_PER_FILE + (1 << 24)
 
 
 def _raw_size(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> int:
@@ -49,6 +52,7 @@ def _raw_size(width: int, height: int, bits_per_pixel: int, interlaced: bool) ->
 
 def _check_stream(path: str) -> None:
   """Checks the header's size, then that the pixel data inflates to exactly that."""
+  slices_lib.check_file_size(path, _MAX_FILE_BYTES, 'a PNG')
   with open(path, 'rb') as f:
     data = f.read()
   if not data.startswith(_SIGNATURE):

@@ -26,6 +26,7 @@ reader allocate gigabytes.
 """
 import dataclasses
 import math
+import os
 import warnings
 from typing import Any, Optional, Sequence
 
@@ -121,6 +122,20 @@ def check_declared_bytes(path: str, needed: int, available: int, source: str) ->
     raise InputFileError(
         path, f'{source} declares {needed:,} bytes of pixel data but the file holds '
         f'{available:,}: the file is truncated or its header is wrong.')
+
+
+def check_file_size(path: str, largest: int, what: str) -> None:
+  """Refuses a file larger than `what` (within the size limits) can be, before it
+  is read into memory.
+
+  Raises:
+    InputFileError: naming the file's size and the largest expected.
+  """
+  size = os.path.getsize(path)
+  if size > largest:
+    raise InputFileError(
+        path, f'the file is {size:,} bytes, more than {what} can take ({largest:,} bytes); '
+        'it is not read.')
 
 
 def to_unit(image: Slice, window_width: float = intensity_lib.WINDOW_WIDTH_HU,

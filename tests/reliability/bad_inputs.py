@@ -197,6 +197,10 @@ def _dicom_cases(folder: str) -> List[Case]:
                     error='truncated'))
   path = _save(_dicom(_hu(7)), at('truncated_header.dcm'))
   cases.append(Case('dicom cut inside its header', _cut(path, 200), error='DICOM'))
+  path = _save(_dicom(_hu(7)), at('padded.dcm'))
+  with open(path, 'ab') as f:
+    f.truncate(200 << 20)  # 200 MB of (sparse) trailing zeros.
+  cases.append(Case('dicom padded to 200 MB', path, error='it is not read'))
   ds = _dicom(_hu(7))
   del ds.PixelData
   cases.append(Case('dicom image header without pixel data', _save(ds, at('no_pixels.dcm')),
