@@ -7,11 +7,13 @@ measures
     made at 512 px (bench/results/simulate_bench.json before 2026-12-02);
   - examples per second with a pool of --processes workers (start-up
     included, as a builder pays it);
-  - the full-dose liver noise per kernel (0.75 mm pixels, 3 mm slices);
+  - the full-dose liver noise per kernel (adult patients, 0.75 mm pixels,
+    3 mm slices);
   - with --build: the TFDS build of 'ldct_iqa_synthetic/clinical' (all
     splits) with --processes workers into a temporary folder: wall time, CPU
     seconds of all processes (CPU / processes estimates the wall time on idle
-    cores), size on disk and the label histogram per split.
+    cores), size on disk, the pixel spacings, and the labels: histogram per
+    split, mean per view count, dose, kernel and slice thickness.
 Prints a summary and writes bench/results/simulate_bench.json. The load
 average is recorded: other jobs on a shared machine inflate wall times.
 
@@ -82,8 +84,10 @@ def _rates(spec, num_slices):
 
 
 def _noise_per_kernel(spec, num_slices=4):
-  """Full-dose, full-view liver noise (HU) per kernel at 0.75 mm and 3 mm."""
-  fixed = dataclasses.replace(spec, pixel_mm_range=(0.75, 0.75))
+  """Full-dose, full-view liver noise (HU) per kernel of adult patients at
+  0.75 mm and 3 mm."""
+  fixed = dataclasses.replace(spec, pixel_mm_range=(0.75, 0.75),
+                              small_patient_fraction=0.0)
   noise = {kernel: [] for kernel in spec.kernels}
   for index in range(num_slices):
     degradations = tuple(synthetic.Degradation(1.0, spec.num_views_full,
@@ -100,6 +104,16 @@ def _histogram(scores):
   counts, edges = np.histogram(scores, bins=_HISTOGRAM_EDGES)
   return {f'{low:.1f}-{min(high, 4.0):.1f}': int(count)
           for low, high, count in zip(edges[:-1], edges[1:], counts)}
+
+
+def _mean_by(scores, values):
+  """Mean label per distinct value of a feature (bytes decoded, floats
+  rounded), as {str(value): mean}."""
+  keys = [v.decode() if isinstance(v, bytes) else round(float(v), 4)
+          for v in values]
+  return {str(key): round(float(np.mean([s for s, k in zip(scores, keys)
+                                         if k == key])), 2)
+          for key in sorted(set(keys))}
 
 
 def _build(processes):
@@ -121,13 +135,16 @@ def _build(processes):
               for before, after in zip(cpu_before, cpu_after))
     size = int(subprocess.run(['du', '-sb', data_dir], capture_output=True,
                               text=True, check=True).stdout.split()[0])
-    splits, all_scores = {}, []
+    splits, examples = {}, []
     for split in builder.info.splits:
       source = builder.as_data_source(split)
-      scores = np.array([float(source[i]['score']) for i in range(len(source))])
-      all_scores.append(scores)
+      split_examples = [source[i] for i in range(len(source))]
+      scores = np.array([float(e['score']) for e in split_examples])
+      examples.extend(split_examples)
       splits[split] = {'examples': len(source), 'label_histogram': _histogram(scores),
                        'label_mean': round(float(scores.mean()), 3)}
+  scores = np.array([float(e['score']) for e in examples])
+  pixel_mm = np.array([float(e['pixel_mm']) for e in examples])
   return {
       'dataset': f'ldct_iqa_synthetic/{builder.builder_config.name}',
       'version': str(builder.info.version),
@@ -136,8 +153,15 @@ def _build(processes):
       'cpu_seconds_all_processes': round(cpu, 1),
       'estimated_idle_wall_seconds': round(cpu / processes, 1),
       'size_on_disk_mb': round(size / 1e6, 1),
-      'examples': int(sum(len(s) for s in all_scores)),
-      'label_histogram': _histogram(np.concatenate(all_scores)),
+      'examples': len(examples),
+      'label_histogram': _histogram(scores),
+      'label_mean': round(float(scores.mean()), 3),
+      'label_mean_by': {
+          feature: _mean_by(scores, [e[feature] for e in examples])
+          for feature in ('views', 'dose_fraction', 'kernel',
+                          'slice_thickness_mm')},
+      'pixel_mm_percentiles_0_10_50_90_100': [
+          round(float(v), 3) for v in np.percentile(pixel_mm, [0, 10, 50, 90, 100])],
       'splits': splits,
   }
 

@@ -183,7 +183,7 @@ class SyntheticSpec:
 # The default: 512 px at 0.6-0.95 mm, 1024 views over 180 degrees (a
 # clinical scanner's ~1000 views per rotation; see docs/DATA.md), the
 # challenge's sparse scans and doses plus 10 % and 5 %; sized to build in
-# about 2 minutes on 2 idle cores (210 CPU seconds; bench/simulate_bench.py).
+# about 2 minutes on 2 idle cores (~230 CPU seconds; bench/simulate_bench.py).
 CLINICAL_SPEC = SyntheticSpec(
     image_size=512,
     num_views_full=1024,

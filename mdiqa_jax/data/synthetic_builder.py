@@ -9,7 +9,7 @@ from the spec's seed, whatever the number of processes.
 
 Builder configs (`tfds.builder('ldct_iqa_synthetic/<config>')`):
   clinical (default): `synthetic.CLINICAL_SPEC`, 512 x 512 at 0.6-0.95 mm,
-    sized to build in about 2 minutes on 2 idle CPU cores (68.7 MB).
+    sized to build in about 2 minutes on 2 idle CPU cores (69 MB).
   challenge: `synthetic.CHALLENGE_SPEC`, the same geometry at the
     challenge's split sizes (1000 / 200 / 300 labeled, 1000 unlabeled).
 Any other `SyntheticSpec` can be built by passing
