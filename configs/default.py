@@ -2,7 +2,7 @@
 
   python -m mdiqa_jax.train --config=configs/default.py --workdir=/tmp/mdiqa
 
-builds 'ldct_iqa_synthetic/clinical' (512 x 512 slices at 0.6-0.95 mm, see
+builds 'ldct_iqa_synthetic/clinical' (512 x 512 slices at 0.4-0.95 mm, see
 docs/DATA.md), trains the 1 M-parameter model for 16 epochs on one random
 96 x 96 tile of NATIVE pixels per slice (inside the body; no resizing), and
 evaluates the best checkpoint on the test split by scoring every slice

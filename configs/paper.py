@@ -22,7 +22,7 @@ made here, each a config field:
   abdominal scans (512 x 512 over a field of view of about 340-380 mm), so
   0.7 mm is assumed (config.data.pixel_mm) and the model's trained range is
   that one value: a scan at another spacing is resampled to 0.7 mm when
-  scored. The synthetic variant trains on 0.6-0.95 mm like the default.
+  scored. The synthetic variant trains on 0.4-0.95 mm like the default.
 - Optimiser: Adam, learning rate 1e-4 for the new layers and 1e-5 for the
   pretrained backbones (multiplier 0.1), 100 warm-up steps then cosine decay,
   gradients clipped to norm 1, global batch 16, 30 epochs.
