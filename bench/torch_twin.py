@@ -23,9 +23,10 @@ driven over a pipe, so that only one framework runs at a time. For every case:
    respect to every input on the same data; the relative difference
    max |jax - torch| / max |torch| must be below --tolerance before anything
    is timed.
-3. JAX compiles ahead of time (compile seconds reported apart); each side then
-   makes one untimed warm-up call (reported as first_call_seconds).
-4. --rounds rounds: in each, for every case and mode, PyTorch makes `repeats`
+   JAX compiles ahead of time before that check (compile seconds reported
+   apart); each side then makes one untimed warm-up call (reported as
+   first_call_seconds).
+3. --rounds rounds: in each, for every case and mode, PyTorch makes `repeats`
    timed calls, then JAX makes as many (`repeats` chosen so that a round of a
    case lasts about --round_seconds). Medians of all timed calls are reported
    with ratio = torch / jax (above 1: JAX is faster).
@@ -199,9 +200,12 @@ def _relative_difference(ours, reference):
 
 
 def _agreement(case, arguments, forward, forward_backward, reference):
-  """Relative differences of outputs and input gradients, JAX vs torch."""
-  outputs = jax.jit(forward)(*arguments)
-  gradients = jax.jit(forward_backward)(*arguments)
+  """Relative differences of outputs and input gradients, JAX vs torch.
+
+  forward / forward_backward: the compiled JAX functions (see _jax_functions).
+  """
+  outputs = forward(*arguments)
+  gradients = forward_backward(*arguments)
   differences = {f'output_{i}': _relative_difference(out, reference[f'output_{i}'])
                  for i, out in enumerate(outputs)}
   if case['kind'] == 'timm':
@@ -231,7 +235,13 @@ def _prepare(case, worker, directory, rng):
   built = worker.request(command='build', case=spec, directory=directory)
   reference = np.load(os.path.join(directory, f'{case["name"]}_torch.npz'))
   arguments, forward, forward_backward = _jax_functions(case, inputs, built['weights'])
-  agreement = _agreement(case, arguments, forward, forward_backward, reference)
+  compiled, compile_seconds = {}, {}
+  for mode, function in zip(MODES, (forward, forward_backward)):
+    start = time.perf_counter()
+    compiled[mode] = jax.jit(function).lower(*arguments).compile()
+    compile_seconds[mode] = time.perf_counter() - start
+  agreement = _agreement(case, arguments, compiled['forward'],
+                         compiled['forward_backward'], reference)
   print(f'{case["name"]}: agreement {agreement}', flush=True)
   if max(agreement.values()) > _TOLERANCE.value:
     raise AssertionError(f'{case["name"]}: JAX and torch differ by more than '
@@ -239,21 +249,18 @@ def _prepare(case, worker, directory, rng):
   entry = {'case': spec, 'torch': built['torch'], 'torch_threads': built['threads'],
            'agreement_relative': agreement, 'modes': {}}
   runners = {}
-  for mode, function in zip(MODES, (forward, forward_backward)):
-    start = time.perf_counter()
-    compiled = jax.jit(function).lower(*arguments).compile()
-    compile_seconds = time.perf_counter() - start
-    jax_first = _timed_calls(compiled, arguments, 1)[0]
+  for mode in MODES:
+    jax_first = _timed_calls(compiled[mode], arguments, 1)[0]
     torch_first = worker.request(command='time', name=case['name'], mode=mode,
                                  repeats=1)['seconds'][0]
     repeats = int(np.clip(np.ceil(_ROUND_SECONDS.value / max(jax_first, torch_first, 1e-6)),
                           1, 50))
-    entry['modes'][mode] = {'jax_compile_seconds': compile_seconds,
+    entry['modes'][mode] = {'jax_compile_seconds': compile_seconds[mode],
                             'jax_first_call_seconds': jax_first,
                             'torch_first_call_seconds': torch_first,
                             'repeats_per_round': repeats, 'jax_seconds': [],
                             'torch_seconds': []}
-    runners[mode] = functools.partial(_timed_calls, compiled, arguments, repeats)
+    runners[mode] = functools.partial(_timed_calls, compiled[mode], arguments, repeats)
   return entry, runners
 
 
