@@ -228,7 +228,10 @@ def deform_conv2d(x: jax.Array,
   features = jnp.moveaxis(features, 2, 1)
   kernel = kernel.reshape(taps, offset_groups, group_channels, out_channels)
   if rows_per_chunk is None:
-    rows_per_chunk = max(1, _CORNER_VALUES_PER_CHUNK // (4 * batch * out_w * taps * in_channels))
+    # A symbolic batch (jax.export) cannot size chunks: size them for one example.
+    chunk_batch = batch if isinstance(batch, int) else 1
+    rows_per_chunk = max(
+        1, _CORNER_VALUES_PER_CHUNK // (4 * chunk_batch * out_w * taps * in_channels))
   out = _sample_in_row_chunks(features, flat_index, weight.astype(x.dtype), kernel,
                               rows_per_chunk)
   if bias is not None:
