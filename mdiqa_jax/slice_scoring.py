@@ -158,14 +158,14 @@ def patch_maps(outputs: Dict[str, np.ndarray], tiles: preprocess.Tiles,
   height, width = max(shape[0], tiles.images.shape[1]), max(shape[1], tiles.images.shape[2])
   weighted, total = np.zeros((height, width)), np.zeros((height, width))
   weights = np.asarray(outputs['patch_weights'], np.float64) * tiles.patch_body
+  pixels = np.ones((patch, patch))  # Spreads one patch value over its pixels.
   for (top, left), weight, score in zip(tiles.origins, weights, outputs['patch_scores']):
-    grow = lambda grid: np.kron(grid, np.ones((patch, patch)))  # pylint: disable=cell-var-from-loop
     rows, cols = slice(top, top + weight.shape[0] * patch), slice(left, left + weight.shape[1] * patch)
-    weighted[rows, cols] += grow(weight * score)
-    total[rows, cols] += grow(weight)
+    weighted[rows, cols] += np.kron(weight * score, pixels)
+    total[rows, cols] += np.kron(weight, pixels)
   with np.errstate(invalid='ignore', divide='ignore'):
     score_map = np.where(total > 0, weighted / total, np.nan)
-  weight_map = total / (total.sum() * 1.0 or 1.0)
+  weight_map = total / max(total.sum(), 1e-30)
   return {'score_map': score_map[:shape[0], :shape[1]].astype(np.float32),
           'weight_map': weight_map[:shape[0], :shape[1]].astype(np.float32)}
 
