@@ -35,6 +35,7 @@ so its sparse-view scans streak more than the other slices'.
   PYTHONPATH=. .venv/bin/python bench/real_ct_transfer.py --checkpoint=runs/default
 """
 import dataclasses
+import functools
 import importlib.resources
 import json
 import math
@@ -57,22 +58,31 @@ import bench_common
 import independent_ct_simulator as simulator
 from mdiqa_jax import files
 
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, "Training workdir to score with (the README's main job: runs/default).")
-_WORK_DIR = flags.DEFINE_string(
-    'work_dir', None, 'Folder for the degraded DICOMs and the predictions (default: a new '
-    'temporary folder, kept).')
-_FULL_VIEWS = flags.DEFINE_integer('full_views', 1024, 'Views over 180 degrees of a full scan.')
-_FILTER = flags.DEFINE_enum('filter', 'ramp', ['ramp', 'shepp-logan', 'cosine', 'hamming', 'hann'],
-                            'FBP filter of the reconstructions.')
-_TARGET_NOISE_HU = flags.DEFINE_float(
-    'target_noise_hu', 20.0, 'Noise the 100 %-dose full-view scan adds in soft tissue, HU.')
-_OUTPUT = flags.DEFINE_string(
-    'output', os.path.join(os.path.dirname(__file__), 'results', 'real_ct_transfer.json'),
-    'JSON file to write.')
-_FIGURE = flags.DEFINE_string(
-    'figure', os.path.join(os.path.dirname(__file__), '..', 'docs', 'images',
-                           'real_ct_transfer.png'), 'Figure to write.')
+def _define_flags() -> dict:
+  """The command's flags, defined only when run as a command (the test imports this
+  module beside others that define flags of the same names, e.g. --output)."""
+  return {
+      'checkpoint': flags.DEFINE_string(
+          'checkpoint', None, "Training workdir to score with (the README's main job: "
+          'runs/default).'),
+      'work_dir': flags.DEFINE_string(
+          'work_dir', None, 'Folder for the degraded DICOMs and the predictions (default: a '
+          'new temporary folder, kept).'),
+      'full_views': flags.DEFINE_integer('full_views', 1024,
+                                         'Views over 180 degrees of a full scan.'),
+      'filter': flags.DEFINE_enum('filter', 'ramp',
+                                  ['ramp', 'shepp-logan', 'cosine', 'hamming', 'hann'],
+                                  'FBP filter of the reconstructions.'),
+      'target_noise_hu': flags.DEFINE_float(
+          'target_noise_hu', 20.0,
+          'Noise the 100 %-dose full-view scan adds in soft tissue, HU.'),
+      'output': flags.DEFINE_string(
+          'output', os.path.join(os.path.dirname(__file__), 'results', 'real_ct_transfer.json'),
+          'JSON file to write.'),
+      'figure': flags.DEFINE_string(
+          'figure', os.path.join(os.path.dirname(__file__), '..', 'docs', 'images',
+                                 'real_ct_transfer.png'), 'Figure to write.'),
+  }
 
 DOSES = (1.0, 0.5, 0.25, 0.1)
 SPARSE_VIEWS = (256, 128, 64)
@@ -370,23 +380,24 @@ def plot(summary: dict[str, Any], rows: Sequence[dict[str, Any]],
   print(f'Wrote {path}')
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], command_flags: dict) -> None:
+  values = {name: holder.value for name, holder in command_flags.items()}
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not _CHECKPOINT.value:
+  if not values['checkpoint']:
     raise app.UsageError('--checkpoint is required (a training workdir).')
   start = time.perf_counter()
-  work_dir = _WORK_DIR.value or tempfile.mkdtemp(prefix='real_ct_transfer_')
+  work_dir = values['work_dir'] or tempfile.mkdtemp(prefix='real_ct_transfer_')
   os.makedirs(work_dir, exist_ok=True)
-  full_views = _FULL_VIEWS.value
+  full_views = values['full_views']
   plan = degradations(full_views)
   sources = source_slices()
   rows, source_info = [], []
   for number, source in enumerate(sources):
     scan_start = time.perf_counter()
     photons, scans = scan_slice(number, source, plan, full_views=full_views,
-                                filter_name=_FILTER.value,
-                                target_noise_hu=_TARGET_NOISE_HU.value, work_dir=work_dir)
+                                filter_name=values['filter'],
+                                target_noise_hu=values['target_noise_hu'], work_dir=work_dir)
     rows += scans
     source_info.append({'name': source.name, 'file': os.path.basename(source.path),
                         'frame': source.frame, 'size': source.hu.shape[0],
@@ -394,26 +405,26 @@ def main(argv: Sequence[str]) -> None:
     print(f'{source.name}: {len(scans)} scans in {time.perf_counter() - scan_start:.0f} s '
           f'(I0 {photons:.3g})', flush=True)
   print(f'Scoring {len(rows)} files in {work_dir} ...', flush=True)
-  scores = score_files(_CHECKPOINT.value, [r['file'] for r in rows],
+  scores = score_files(values['checkpoint'], [r['file'] for r in rows],
                        os.path.join(work_dir, 'predictions.json'))
   rows = [dict(r, **scores[r['file']]) for r in rows]
   summary = summarise(rows, full_views)
   print_table(summary, source_info)
   for info, result in zip(source_info, summary['slices']):
     result.update(info)
-  bench_common.write_results(_OUTPUT.value, dict(
+  bench_common.write_results(values['output'], dict(
       summary,
-      checkpoint=os.path.abspath(_CHECKPOINT.value),
+      checkpoint=os.path.abspath(values['checkpoint']),
       settings={'full_views': full_views, 'doses': list(DOSES),
                 'sparse_views': list(SPARSE_VIEWS), 'seeds': list(SEEDS),
-                'filter': _FILTER.value, 'target_noise_hu': _TARGET_NOISE_HU.value,
+                'filter': values['filter'], 'target_noise_hu': values['target_noise_hu'],
                 'mu_water_per_mm': simulator.MU_WATER_PER_MM,
                 'target_spearman': TARGET_SPEARMAN},
       scans=[dict(r, file=os.path.basename(r['file'])) for r in rows],
       machine=bench_common.machine_info(),
       wall_seconds=time.perf_counter() - start))
-  plot(summary, rows, sources, full_views, _FIGURE.value)
+  plot(summary, rows, sources, full_views, values['figure'])
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(functools.partial(main, command_flags=_define_flags()))
