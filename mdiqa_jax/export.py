@@ -100,8 +100,8 @@ def preprocessing_spec(preprocessing: predict.Preprocessing, *, batch_size: Opti
               'HU -> [0, 1]: clip((HU - (window_level - window_width / 2)) / window_width, '
               '0, 1) (float slices already in [0, 1] are used as they are)',
               'pixel spacing: the file\'s (DICOM PixelSpacing), else assumed_pixel_mm; a '
-              'slice whose spacing lies outside pixel_mm_range is resampled (antialiased '
-              'bilinear, PIL Image.BILINEAR on float32) to the nearest end of the range; '
+              'slice whose spacing lies outside pixel_mm_range is resampled (band-'
+              'limited: DCT-II spectrum cut or zero-padded, preprocess.resample_band_limited) to the nearest end of the range; '
               'otherwise pixels are used as they are (never resized)',
               'body mask: 7 x 7 mean of the [0, 1] slice > 0.007; tiles of tile_size x '
               'tile_size native pixels on a grid of ceil(H / tile_size) x ceil(W / '
