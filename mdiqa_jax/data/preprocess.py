@@ -38,11 +38,11 @@ from scipy import ndimage
 # Windowed intensity (of a 7 x 7 mean) above which a pixel counts as body:
 # ~2.5 HU above the window floor, far above air (-1000 HU) even at 100 HU noise.
 BODY_THRESHOLD = 0.007
-_BODY_FILTER_PIXELS = 7
+BODY_FILTER_PIXELS = 7
 # Random tile positions tried per training example to find one mostly in the body.
 _TRAIN_TILE_TRIES = 8
 # Relative spacing difference below which a slice is taken as inside the range.
-_SPACING_TOLERANCE = 1e-3
+SPACING_TOLERANCE = 1e-3
 
 
 def as_slice(image: np.ndarray) -> np.ndarray:
@@ -66,7 +66,7 @@ def as_slice(image: np.ndarray) -> np.ndarray:
 
 def body_mask(image: np.ndarray) -> np.ndarray:
   """(H, W) bool: pixels of the body (module docstring). `image` as in as_slice."""
-  smoothed = ndimage.uniform_filter(as_slice(image), _BODY_FILTER_PIXELS, mode='constant')
+  smoothed = ndimage.uniform_filter(as_slice(image), BODY_FILTER_PIXELS, mode='constant')
   return smoothed > BODY_THRESHOLD
 
 
@@ -141,7 +141,7 @@ def fit_spacing(image: np.ndarray, pixel_mm: tuple[float, float],
   if not (rows_mm > 0 and cols_mm > 0 and math.isfinite(rows_mm) and math.isfinite(cols_mm)):
     raise ValueError(f'pixel spacing must be positive and finite, got {pixel_mm} mm.')
   target = (min(max(rows_mm, low), high), min(max(cols_mm, low), high))
-  if all(abs(t - s) <= _SPACING_TOLERANCE * s for t, s in zip(target, (rows_mm, cols_mm))):
+  if all(abs(t - s) <= SPACING_TOLERANCE * s for t, s in zip(target, (rows_mm, cols_mm))):
     return image, (rows_mm, cols_mm), None
   height, width = image.shape
   shape = (max(1, round(height * rows_mm / target[0])), max(1, round(width * cols_mm / target[1])))
@@ -184,7 +184,7 @@ def resample_band_limited(image: np.ndarray, shape: tuple[int, int]) -> np.ndarr
 
 def _format_spacing(spacing: tuple[float, float]) -> str:
   rows_mm, cols_mm = spacing
-  if abs(rows_mm - cols_mm) <= _SPACING_TOLERANCE * rows_mm:
+  if abs(rows_mm - cols_mm) <= SPACING_TOLERANCE * rows_mm:
     return f'{rows_mm:.3g} mm'
   return f'{rows_mm:.3g} x {cols_mm:.3g} mm'
 
