@@ -1,2 +1,23 @@
-"""MD-IQA in JAX/Flax: no-reference image quality assessment for low-dose CT."""
+"""MD-IQA in JAX/Flax: no-reference image quality assessment for low-dose CT.
+
+  import mdiqa_jax
+  scorer = mdiqa_jax.Scorer.load()          # the bundled model, or .load('runs/x')
+  scorer.score(hu, pixel_mm=0.74).scores    # (N,) quality, 0 (bad) .. 4 (excellent)
+"""
 __version__ = '0.1.0'
+
+# The API is imported on first use, so that `import mdiqa_jax.io` (or any
+# other subpackage) does not pull in the model and its dependencies.
+_LAZY = {'Scorer': 'mdiqa_jax.scorer', 'SliceScores': 'mdiqa_jax.scorer',
+         'ScorerInputError': 'mdiqa_jax.scorer'}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

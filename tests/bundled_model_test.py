@@ -1,0 +1,73 @@
+"""The model shipped in the package: its checksum, its record, that it loads into the
+model its config describes, that it ranks a denoised real slice above the noisy one,
+and that a damaged copy is refused with the file's name."""
+import hashlib
+import importlib.resources
+import json
+import os
+import shutil
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_rescale
+import pytest
+from scipy import ndimage
+
+import mdiqa_jax
+from mdiqa_jax import bundled_model
+
+
+def _record():
+  with open(os.path.join(bundled_model.BUNDLED_DIR, bundled_model.RECORD_FILE)) as f:
+    return json.load(f)
+
+
+def test_the_shipped_parameters_match_their_recorded_checksum_and_size():
+  path = os.path.join(bundled_model.BUNDLED_DIR, bundled_model.PARAMS_FILE)
+  with open(path, 'rb') as f:
+    payload = f.read()
+  record = _record()
+  assert hashlib.sha256(payload).hexdigest() == record['sha256']
+  assert len(payload) == record['params_bytes'] < 20 * 2**20
+  for key in ('config', 'dataset', 'trained_by_commit', 'test_metrics', 'real_ct_transfer'):
+    assert record[key], key
+  assert record['test_metrics']['srocc'] >= 0.92
+
+
+def test_the_bundled_model_loads_into_the_model_of_its_config():
+  config, params, record = bundled_model.load()
+  leaves = [np.asarray(x) for x in __import__('jax').tree_util.tree_leaves(params)]
+  assert sum(x.size for x in leaves) == record['num_params']
+  assert all(x.dtype == np.float32 and np.all(np.isfinite(x)) for x in leaves)
+  assert config.data.image_size == record['config']['data']['image_size']
+
+
+@pytest.fixture(scope='module')
+def bundled_scorer():
+  return mdiqa_jax.Scorer.load()
+
+
+def test_a_denoised_real_slice_scores_higher_than_the_noisy_one(bundled_scorer):
+  path = importlib.resources.files('data_store').joinpath('data/693_UNCI.dcm')
+  ds = pydicom.dcmread(str(path))
+  hu = apply_rescale(ds.pixel_array, ds).astype(np.float32)
+  noisy = hu + np.random.default_rng(0).normal(0.0, 40.0, hu.shape).astype(np.float32)
+  smoothed = ndimage.gaussian_filter(noisy, 1.0)
+  result = bundled_scorer.score(np.stack([noisy, smoothed]),
+                                pixel_mm=float(ds.PixelSpacing[0]))
+  assert result.scores[1] > result.scores[0] + 0.2, result.scores
+
+
+def test_a_damaged_bundle_is_refused_with_the_file_named(tmp_path):
+  for name in (bundled_model.PARAMS_FILE, bundled_model.RECORD_FILE):
+    shutil.copy(os.path.join(bundled_model.BUNDLED_DIR, name), tmp_path / name)
+  params_path = tmp_path / bundled_model.PARAMS_FILE
+  payload = bytearray(params_path.read_bytes())
+  payload[len(payload) // 2] ^= 0xFF
+  params_path.write_bytes(bytes(payload))
+  with pytest.raises(bundled_model.BundledModelError, match='sha256') as error:
+    bundled_model.load(str(tmp_path))
+  assert str(params_path) in str(error.value)
+  (tmp_path / bundled_model.RECORD_FILE).unlink()
+  with pytest.raises(bundled_model.BundledModelError, match='no bundled model'):
+    bundled_model.load(str(tmp_path))
