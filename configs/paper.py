@@ -15,7 +15,7 @@ made here, each a config field:
   without them both branches start from random weights.
 - Input: 448 x 448 tiles of native pixels (training: one random tile of a
   512 x 512 slice; scoring: the 2 x 2 overlapping tiles that cover it,
-  pooled by patch weight; slice_scoring.py); both backbones take any
+  pooled by patch weight; mdiqa_jax/inference/); both backbones take any
   multiple of 32. ViT features: blocks 4, 8, 12; the first three ConvNeXt
   stages are aligned to them.
 - Pixel spacing: the challenge's TIFFs carry none. They come from the Mayo
@@ -59,16 +59,15 @@ def get_config(arg=None):
 
   config.model.input_mean = 0.449
   config.model.input_std = 0.226
-  config.model.vit.update(patch_size=16, width=768, depth=12, num_heads=12, mlp_ratio=4.0,
-                          feature_blocks=(3, 7, 11))
-  config.model.convnext.update(depths=(3, 3, 9, 3), widths=(96, 192, 384, 768),
-                               drop_path=0.1)
+  config.model.vit.variant = 'B/16'  # Features of blocks 4, 8, 12: (3, 7, 11).
+  config.model.convnext.variant = 'tiny'
+  config.model.convnext.drop_path = 0.1
   config.model.align.update(num_scales=3, kernel_size=3, width=256)
   config.model.head.hidden = 256
 
   config.optim.name = 'adam'
   config.optim.learning_rate = 1e-4
-  config.optim.backbone_lr_multiplier = 0.1
+  config.optim.lr_multipliers = (('^(vit|convnext)/', 0.1),)  # Pretrained backbones.
   config.optim.warmup_steps = 100
   config.optim.schedule = 'cosine'
   config.optim.grad_clip_norm = 1.0

@@ -39,6 +39,15 @@ def one_line(text: str) -> str:
   return text
 
 
+def listing(names: Sequence[str], limit: int = 20) -> str:
+  """'a, b, c' for a message: the first `limit` names, then '... and N more'."""
+  names = list(names)
+  shown = ', '.join(names[:limit])
+  if len(names) > limit:
+    shown += f', ... and {len(names) - limit} more'
+  return shown
+
+
 def _chain(error: BaseException):
   seen = set()
   while error is not None and id(error) not in seen:

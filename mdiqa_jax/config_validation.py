@@ -7,16 +7,18 @@
 
 Both raise `ConfigError`, whose message is one line naming every bad field,
 its value and what was expected, e.g.
-  config.loss.sigmas=(): expected at least one width > 0 (score units)
+  config.loss.kwargs.sigmas=(): expected at least one width > 0 (score units)
 The training job calls both before it creates the workdir (`train.py`); the
 commands print the message as their one-line error (`command_errors`).
 """
 import functools
 import math
 import numbers
+import re
 from typing import Any, Callable, List, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mdiqa_jax import command_errors
@@ -24,6 +26,11 @@ from mdiqa_jax import losses
 from mdiqa_jax import models
 from mdiqa_jax import optim
 from mdiqa_jax import train_step
+from mdiqa_jax.models import bins
+from mdiqa_jax.models import convnext as convnext_lib
+from mdiqa_jax.models import head as head_lib
+from mdiqa_jax.models import vit as vit_lib
+from mdiqa_jax.models.head import HEADS
 
 # Every tile is a multiple of the ConvNeXt's total stride (config.data.image_size).
 TILE_MULTIPLE = 32
@@ -125,6 +132,25 @@ def _check_data(check: _Checker) -> None:
   check.integer('data.num_workers', 0)
 
 
+def _resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy whose vit / convnext sections hold their decoded architecture
+  (preset + overrides), so that each field is checked under its own name."""
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  for section, decode in (('vit', vit_lib.decode_variant),
+                          ('convnext', convnext_lib.decode_variant)):
+    try:
+      resolved.model[section].update(decode(resolved.model[section]))
+    except (ValueError, KeyError, AttributeError, TypeError):
+      pass  # _check_model names the variant.
+  return resolved
+
+
+def _check_backbone(check: _Checker, section: str, presets) -> None:
+  check.choice(f'model.{section}.name', tuple(models.BACKBONES))
+  check.require(f'model.{section}.variant', lambda v: v is None or (
+      isinstance(v, str) and v.lower() in presets), f'None or one of {sorted(presets)}')
+
+
 def _check_model(check: _Checker) -> None:
   for field in ('use_vit', 'use_cnn', 'use_alignment'):
     check.flag(f'model.{field}')
@@ -135,11 +161,12 @@ def _check_model(check: _Checker) -> None:
   if check.value('model.use_alignment') is True and not (use_vit and use_cnn):
     check.fail('config.model.use_alignment=True: expected use_vit=True and use_cnn=True '
                '(alignment needs both branches; set use_alignment=False for one branch)')
-  check.choice('model.head_type', ('distribution', 'point'))
+  check.choice('model.head.name', tuple(HEADS))
   check.choice('model.dtype', ('float32', 'bfloat16', 'float16'))
   check.require('model.input_mean', _is_real, 'a finite number')
   check.positive('model.input_std')
   # The patch grid is the ViT's even without the ViT branch (models/mdiqa.py).
+  _check_backbone(check, 'vit', vit_lib.PRESET_NAMES)
   check.integer('model.vit.patch_size', 1)
   if use_vit:
     check.integer('model.vit.depth', 1)
@@ -154,6 +181,7 @@ def _check_model(check: _Checker) -> None:
         _is_int(b) and 0 <= b < depth for b in v),
                   f'one or more block indices in [0, config.model.vit.depth={depth})')
   if use_cnn:
+    _check_backbone(check, 'convnext', convnext_lib.PRESET_NAMES)
     check.require('model.convnext.depths', lambda v: len(v) == 4 and all(
         _is_int(d) and d >= 1 for d in v), 'four stage depths >= 1')
     check.require('model.convnext.widths', lambda v: len(v) == 4 and all(
@@ -167,48 +195,60 @@ def _check_model(check: _Checker) -> None:
                     'an odd integer >= 1')
       check.integer('model.align.offset_groups', 1)
   check.integer('model.head.hidden', 1)
+  if check.value('model.head.kwargs.num_distributions') is not _MISSING:
+    check.integer('model.head.kwargs.num_distributions', 1)
   score_min, score_max = check.value('model.head.score_min'), check.value('model.head.score_max')
   if check.require('model.head.score_min', _is_real, 'a finite number') and check.require(
       'model.head.score_max', lambda v: _is_real(v) and v > score_min,
       f'a number > config.model.head.score_min ({score_min})'):
     if check.positive('model.head.bin_width'):
       try:
-        losses.bin_centers(float(score_min), float(score_max),
-                           float(check.value('model.head.bin_width')))
+        bins.bin_centers(float(score_min), float(score_max),
+                         float(check.value('model.head.bin_width')))
       except ValueError:
         check.fail(f'config.model.head.bin_width={check.value("model.head.bin_width")!r}: '
                    f'expected a step that divides [{score_min}, {score_max}] evenly')
 
 
 def _check_loss(check: _Checker) -> None:
-  types = tuple(losses.DISTRIBUTION_LOSSES) + tuple(losses.POINT_LOSSES)
-  if check.choice('loss.type', types):
-    loss_type = check.value('loss.type')
-    if loss_type in losses.DISTRIBUTION_LOSSES and check.value('model.head_type') == 'point':
-      check.fail(f"config.loss.type={loss_type!r}: expected a point loss "
-                 f"{tuple(losses.POINT_LOSSES)} with config.model.head_type='point'")
-  sigmas_ok = check.require('loss.sigmas', lambda v: len(v) >= 1 and all(
+  """The name, and the arguments of the built-in Gaussian losses where given."""
+  check.choice('loss.name', tuple(losses.LOSSES))
+  if check.value('loss.kwargs.sigmas') is _MISSING:
+    return
+  sigmas_ok = check.require('loss.kwargs.sigmas', lambda v: len(v) >= 1 and all(
       _is_real(s) and s > 0 for s in v), 'at least one width > 0 (score units)')
   if sigmas_ok:
-    count = len(check.value('loss.sigmas'))
-    check.require('loss.scale_weights', lambda v: len(v) == count and all(
+    count = len(check.value('loss.kwargs.sigmas'))
+    check.require('loss.kwargs.scale_weights', lambda v: len(v) == count and all(
         _is_real(w) and w >= 0 for w in v) and sum(v) > 0,
-                  f'{count} weights >= 0 (one per config.loss.sigmas), not all 0')
-  check.non_negative('loss.point_weight')
+                  f'{count} weights >= 0 (one per config.loss.kwargs.sigmas), not all 0')
+    heads = check.value('model.head.kwargs.num_distributions')
+    if heads is not _MISSING and heads != count:
+      check.fail(f'config.loss.kwargs.sigmas={check.value("loss.kwargs.sigmas")!r}: expected '
+                 f'one width per distribution (config.model.head.kwargs.num_distributions='
+                 f'{heads})')
+  check.non_negative('loss.kwargs.point_weight')
 
 
 def _check_optim(check: _Checker) -> None:
-  check.choice('optim.name', ('adam', 'adamw'))
+  check.choice('optim.name', tuple(optim.OPTIMIZERS))
   check.positive('optim.learning_rate')
-  check.non_negative('optim.backbone_lr_multiplier')
-  if check.non_negative('optim.weight_decay') and check.value('optim.weight_decay') and (
-      check.value('optim.name') == 'adam'):
-    check.fail(f'config.optim.weight_decay={check.value("optim.weight_decay")!r}: expected 0 '
-               "with config.optim.name='adam' (use 'adamw' for weight decay)")
+  check.require('optim.lr_multipliers', lambda v: all(
+      len(pair) == 2 and isinstance(pair[0], str) and _compiles(pair[0]) and
+      _is_real(pair[1]) and pair[1] >= 0 for pair in v),
+                '(regex, multiplier >= 0) pairs')
   check.integer('optim.warmup_steps', 0)
   check.choice('optim.schedule', ('cosine', 'constant'))
   check.non_negative('optim.grad_clip_norm')
   check.fraction('optim.ema_decay', closed_top=False)
+
+
+def _compiles(pattern: str) -> bool:
+  try:
+    re.compile(pattern)
+  except re.error:
+    return False
+  return True
 
 
 def _check_loop(check: _Checker) -> None:
@@ -231,19 +271,43 @@ def _check_loop(check: _Checker) -> None:
   check.flag('distributed')
 
 
+def _failure(error: Exception) -> str:
+  return f'{type(error).__name__}: {" ".join(str(error).split()) or type(error).__name__}'
+
+
 def _check_model_builds(check: _Checker, config: ml_collections.ConfigDict) -> None:
-  """Traces the model, its loss and optimiser (nothing compiled, nothing allocated)."""
+  """Traces model, head contract, loss and optimiser (nothing compiled or allocated)."""
+  size = int(config.data.image_size)
   try:
     model = models.create_model(config)
-    losses.make_loss_fn(config)
-    shapes = jax.eval_shape(functools.partial(
-        train_step.init_params, model, image_size=int(config.data.image_size)),
-                            jax.random.PRNGKey(0))
-    optim.create_optimizer(config.optim, models.param_groups(shapes), total_steps=1000)
+    shapes = jax.eval_shape(functools.partial(train_step.init_params, model,
+                                              image_size=size), jax.random.PRNGKey(0))
+    images = jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32)
+    outputs = jax.eval_shape(lambda p, x: model.apply({'params': p}, x), shapes, images)
   except Exception as e:  # Flax, JAX and the builders raise many types.
-    message = ' '.join(str(e).split()) or type(e).__name__
-    check.fail(f'config.model: the model of this config does not build on '
-               f'{config.data.image_size}-pixel tiles ({type(e).__name__}: {message})')
+    check.fail(f'config.model: the model of this config does not build on {size}-pixel '
+               f'tiles ({_failure(e)})')
+    return
+  head = config.model.head
+  num_bins = int(bins.bin_centers(head.score_min, head.score_max, head.bin_width).shape[0])
+  grid = size // models.patch_size(config.model)
+  try:
+    head_lib.check_outputs(outputs, 2, (grid, grid), num_bins)
+  except ValueError as e:
+    check.fail(f'config.model.head.name={head.name!r}: {e}')
+    return
+  batch = {'score': jax.ShapeDtypeStruct((2,), jnp.float32)}
+  try:
+    jax.eval_shape(losses.make_loss_fn(config), outputs, batch)
+  except Exception as e:  # A loss may fail on any output it lacks.
+    check.fail(f'config.loss.name={config.loss.name!r}: does not build or does not accept '
+               f'the outputs of config.model.head.name={head.name!r} ({_failure(e)})')
+  try:
+    tx, _ = optim.create_optimizer(config.optim, shapes, total_steps=1000)
+    jax.eval_shape(tx.init, shapes)
+  except Exception as e:  # optax constructors reject unknown kwargs with TypeError.
+    check.fail(f'config.optim: the optimiser {config.optim.name!r} does not build with '
+               f'config.optim.kwargs={dict(config.optim.kwargs)!r} ({_failure(e)})')
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -252,7 +316,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: one line listing every bad field, its value and what was expected.
   """
-  check = _Checker(config)
+  check = _Checker(_resolved(config))
   for section in (_check_data, _check_model, _check_loss, _check_optim, _check_loop):
     section(check)
   if not check.problems:

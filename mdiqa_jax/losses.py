@@ -1,10 +1,16 @@
 """Losses: pure functions of (predictions, targets) with documented shapes.
 
-Scores live on [score_min, score_max] (0..4 for LDCTIQAC2023), discretised into
-`num_bins` bins of width `bin_width` centred at `bin_centers`. A distribution
-head predicts K log-distributions over these bins; head k is trained towards a
-discretised Gaussian centred on the label with width sigma_k ("scale" k of label
-uncertainty). Swap losses from the config (`config.loss.type`), never in code.
+A distribution head predicts K log-distributions over the score bins
+(`models.bins`); head k is trained towards a discretised Gaussian centred on
+the label with width sigma_k ("scale" k of label uncertainty).
+
+Losses are chosen by name: `config.loss.name` picks a builder from `LOSSES`,
+called as builder(bin_centers=(num_bins,) array, **config.loss.kwargs); it
+returns loss_fn(outputs, batch) -> (per-example loss (B,), aux dict of (B,)
+terms). `outputs` is the head's dict (`models.head.OUTPUTS`); `batch` has
+'score' (B,) and optionally 'target_probs' (B, K, num_bins) soft targets
+(pseudo-labels). A new loss is a function registered with
+`@LOSSES.register('name')`; nothing else changes.
 """
 from typing import Callable, Dict, Sequence, Tuple
 
@@ -12,18 +18,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mdiqa_jax.models import bins
+from mdiqa_jax.registry import Registry
+
 Array = jax.Array
 LossFn = Callable[[Dict[str, Array], Dict[str, Array]], Tuple[Array, Dict[str, Array]]]
-
-
-def bin_centers(score_min: float, score_max: float, bin_width: float) -> Array:
-  """Bin centres score_min, score_min + w, ..., score_max: (num_bins,) float32."""
-  num_bins = int(round((score_max - score_min) / bin_width)) + 1
-  if num_bins < 2 or abs(score_min + (num_bins - 1) * bin_width - score_max) > 1e-6:
-    raise ValueError(
-        f'bin_width={bin_width} must divide the score range [{score_min}, {score_max}] '
-        'into at least one step.')
-  return score_min + bin_width * jnp.arange(num_bins, dtype=jnp.float32)
+LOSSES = Registry('loss', 'config.loss.name')
 
 
 def gaussian_targets(score: Array, sigma: float, centers: Array) -> Array:
@@ -44,19 +44,6 @@ def gaussian_targets(score: Array, sigma: float, centers: Array) -> Array:
   cdf = cdf.at[:, 0].set(0.0).at[:, -1].set(1.0)  # Tails fold into the end bins.
   mass = cdf[:, 1:] - cdf[:, :-1]
   return mass / jnp.sum(mass, axis=-1, keepdims=True)
-
-
-def expected_score(log_probs: Array, centers: Array) -> Array:
-  """Expectation of a distribution over bins: (..., num_bins) -> (...)."""
-  return jnp.sum(jnp.exp(log_probs) * centers, axis=-1)
-
-
-def distribution_std(log_probs: Array, centers: Array) -> Array:
-  """Standard deviation of a distribution over bins: (..., num_bins) -> (...)."""
-  probs = jnp.exp(log_probs)
-  mean = jnp.sum(probs * centers, axis=-1, keepdims=True)
-  variance = jnp.sum(probs * (centers - mean) ** 2, axis=-1)
-  return jnp.sqrt(jnp.maximum(variance, 0.0))
 
 
 def cross_entropy(log_probs: Array, target_probs: Array) -> Array:
@@ -110,57 +97,72 @@ def mse_loss(pred: Array, target: Array) -> Array:
   return jnp.square(pred - target)
 
 
-POINT_LOSSES = {'l1': l1_loss, 'mse': mse_loss}
-DISTRIBUTION_LOSSES = {'gaussian_ce': 'ce', 'gaussian_kl': 'kl'}
+def _gaussian_loss(kind: str, *, bin_centers: Array, sigmas: Sequence[float],
+                   scale_weights: Sequence[float], point_weight: float = 0.0) -> LossFn:
+  """CE / KL of the K heads to Gaussian targets (or to batch['target_probs']),
+  plus point_weight * L1 of the expected score."""
+  sigmas, scale_weights = tuple(sigmas), tuple(scale_weights)
+  point_weight = float(point_weight)
+  if len(scale_weights) != len(sigmas):
+    raise ValueError(
+        f'config.loss.kwargs.scale_weights has {len(scale_weights)} entries but '
+        f'config.loss.kwargs.sigmas has {len(sigmas)}; they must match.')
+
+  def loss_fn(outputs, batch):
+    if 'target_probs' in batch:
+      loss = soft_target_loss(outputs['log_probs'], batch['target_probs'], scale_weights,
+                              kind)
+    else:
+      loss = multi_scale_gaussian_loss(outputs['log_probs'], batch['score'], sigmas,
+                                       bin_centers, scale_weights, kind)
+    aux = {'distribution_loss': loss}
+    if point_weight:
+      point = l1_loss(outputs['score'], batch['score'])
+      loss = loss + point_weight * point
+      aux['point_loss'] = point
+    return loss, aux
+  return loss_fn
+
+
+@LOSSES.register('gaussian_ce')
+def gaussian_ce(**kwargs) -> LossFn:
+  """Cross-entropy to multi-scale Gaussian targets (the paper's loss)."""
+  return _gaussian_loss('ce', **kwargs)
+
+
+@LOSSES.register('gaussian_kl')
+def gaussian_kl(**kwargs) -> LossFn:
+  """KL divergence to the same targets: the same gradients, zero at the optimum."""
+  return _gaussian_loss('kl', **kwargs)
+
+
+def _point_loss(per_example: Callable[[Array, Array], Array]) -> LossFn:
+  def loss_fn(outputs, batch):
+    loss = per_example(outputs['score'], batch['score'])
+    return loss, {'point_loss': loss}
+  return loss_fn
+
+
+@LOSSES.register('l1')
+def l1(*, bin_centers: Array) -> LossFn:
+  """|score - label| (point regression; no bins)."""
+  del bin_centers
+  return _point_loss(l1_loss)
+
+
+@LOSSES.register('mse')
+def mse(*, bin_centers: Array) -> LossFn:
+  """(score - label)^2 (point regression; no bins)."""
+  del bin_centers
+  return _point_loss(mse_loss)
 
 
 def make_loss_fn(config: ml_collections.ConfigDict) -> LossFn:
-  """Builds loss_fn(outputs, batch) -> (per_example_loss (B,), aux) from a config.
+  """The run's loss: LOSSES[config.loss.name] on config.loss.kwargs.
 
-  Reads config.loss (type, sigmas, scale_weights, point_weight) and config.model
-  (head_type, head bins). `outputs` is the model's dict; `batch` has 'score'
-  (B,) and optionally 'target_probs' (B, K, num_bins) soft targets (pseudo
-  labels), which replace the Gaussian targets where present.
+  Reads config.loss and the model's score bins (config.model.head); the
+  returned loss_fn is described in the module docstring.
   """
-  loss_type = config.loss.type
-  head_type = config.model.head_type
-  sigmas = tuple(config.loss.sigmas)
-  scale_weights = tuple(config.loss.scale_weights)
-  point_weight = float(config.loss.point_weight)
-  if len(scale_weights) != len(sigmas):
-    raise ValueError(
-        f'config.loss.scale_weights has {len(scale_weights)} entries but '
-        f'config.loss.sigmas has {len(sigmas)}; they must match.')
-  if loss_type in DISTRIBUTION_LOSSES:
-    if head_type != 'distribution':
-      raise ValueError(f"config.loss.type={loss_type!r} needs config.model.head_type="
-                       f"'distribution', got {head_type!r}.")
-    head = config.model.head
-    centers = bin_centers(head.score_min, head.score_max, head.bin_width)
-    kind = DISTRIBUTION_LOSSES[loss_type]
-
-    def loss_fn(outputs, batch):
-      if 'target_probs' in batch:
-        loss = soft_target_loss(outputs['log_probs'], batch['target_probs'], scale_weights,
-                                kind)
-      else:
-        loss = multi_scale_gaussian_loss(outputs['log_probs'], batch['score'], sigmas,
-                                         centers, scale_weights, kind)
-      aux = {'distribution_loss': loss}
-      if point_weight:
-        point = l1_loss(outputs['score'], batch['score'])
-        loss = loss + point_weight * point
-        aux['point_loss'] = point
-      return loss, aux
-    return loss_fn
-
-  if loss_type in POINT_LOSSES:
-    point_loss = POINT_LOSSES[loss_type]
-
-    def loss_fn(outputs, batch):
-      loss = point_loss(outputs['score'], batch['score'])
-      return loss, {'point_loss': loss}
-    return loss_fn
-
-  raise ValueError(f'Unknown config.loss.type={loss_type!r}; expected one of '
-                   f'{sorted(DISTRIBUTION_LOSSES) + sorted(POINT_LOSSES)}.')
+  head = config.model.head
+  centers = bins.bin_centers(head.score_min, head.score_max, head.bin_width)
+  return LOSSES.get(config.loss.name)(bin_centers=centers, **config.loss.kwargs)

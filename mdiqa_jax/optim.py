@@ -1,22 +1,37 @@
-"""Optimiser: optax Adam / AdamW, warm-up + cosine schedule, clipping, backbone LR.
+"""Optimiser: a named optax optimiser, warm-up + cosine schedule, clipping, LR multipliers.
 
-`create_optimizer(optim_config, param_labels, total_steps)` is the one place
-that reads `config.optim`. Parameters labelled 'backbone' by
-`mdiqa_jax.models.param_groups` (ViT and ConvNeXt, possibly pretrained) train
-at `learning_rate * backbone_lr_multiplier`; everything else ('head') at the
-full rate. The EMA of parameters (`ema_decay`) is applied by the train step,
-not here, so evaluation can pick the averaged or the raw parameters.
-Mixed precision is a model switch (`config.model.dtype='bfloat16'`): params,
-gradients and optimiser state stay float32.
+`create_optimizer(optim_config, params, total_steps)` is the one place that
+reads `config.optim`:
+  name, kwargs        the optimiser, from `OPTIMIZERS` ('adam' = the paper's,
+                      'adamw' with kwargs.weight_decay, 'sgd'), called as
+                      builder(learning_rate_schedule, **kwargs); a new one is
+                      a function registered with `@OPTIMIZERS.register('name')`
+  lr_multipliers      (regex, multiplier) pairs: a parameter whose path
+                      ('vit/block_0/...', '/'-joined) matches a regex
+                      (re.search; the first pair that matches wins) trains at
+                      multiplier x the schedule; the others at the schedule
+The EMA of parameters (`ema_decay`) is applied by the train step, not here, so
+evaluation can pick the averaged or the raw parameters. Mixed precision is a
+model switch (`config.model.dtype='bfloat16'`): params, gradients and
+optimiser state stay float32.
 """
-from typing import Any, Callable, Tuple
+import re
+from typing import Any, Callable, Sequence, Tuple
 
 import jax
 import ml_collections
 import optax
 
+from mdiqa_jax.registry import Registry
+
 Schedule = Callable[[Any], jax.Array]
-PARAM_GROUPS = ('backbone', 'head')
+OPTIMIZERS = Registry('optimiser', 'config.optim.name')
+# Label of the parameters no lr_multipliers regex matches.
+DEFAULT_GROUP = 'default'
+
+OPTIMIZERS.register('adam')(optax.adam)
+OPTIMIZERS.register('adamw')(optax.adamw)
+OPTIMIZERS.register('sgd')(optax.sgd)
 
 
 def create_learning_rate_schedule(optim_config: ml_collections.ConfigDict,
@@ -52,52 +67,57 @@ def create_learning_rate_schedule(optim_config: ml_collections.ConfigDict,
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def _base_optimizer(optim_config: ml_collections.ConfigDict,
-                    learning_rate: Schedule) -> optax.GradientTransformation:
-  if optim_config.name == 'adam':
-    if optim_config.weight_decay:
-      raise ValueError(
-          f'config.optim.weight_decay={optim_config.weight_decay} is ignored by '
-          "config.optim.name='adam'; use name='adamw' for decoupled weight decay.")
-    return optax.adam(learning_rate)
-  if optim_config.name == 'adamw':
-    return optax.adamw(learning_rate, weight_decay=float(optim_config.weight_decay))
-  raise ValueError(f"config.optim.name={optim_config.name!r}; expected 'adam' or 'adamw'.")
+def parameter_names(tree: Any) -> Any:
+  """The same tree with every leaf replaced by its '/'-joined path ('vit/cls')."""
+  def name(path, _):
+    return '/'.join(str(getattr(key, 'key', getattr(key, 'name', key))) for key in path)
+  return jax.tree_util.tree_map_with_path(name, tree)
 
 
-def create_optimizer(optim_config: ml_collections.ConfigDict, param_labels: Any,
+def multiplier_labels(tree: Any, lr_multipliers: Sequence[Tuple[str, float]]) -> Any:
+  """Labels every leaf with the index of the first lr_multipliers regex its path
+  matches ('0', '1', ...), or DEFAULT_GROUP; same tree."""
+  patterns = [re.compile(pattern) for pattern, _ in lr_multipliers]
+
+  def label(name: str) -> str:
+    return next((str(i) for i, p in enumerate(patterns) if p.search(name)), DEFAULT_GROUP)
+  return jax.tree_util.tree_map(label, parameter_names(tree))
+
+
+def create_optimizer(optim_config: ml_collections.ConfigDict, params: Any,
                      total_steps: int) -> Tuple[optax.GradientTransformation, Schedule]:
-  """Builds the optimiser and its (head) learning-rate schedule.
+  """Builds the optimiser and its learning-rate schedule.
 
   Args:
-    optim_config: config.optim (name, learning_rate, backbone_lr_multiplier,
-      weight_decay, warmup_steps, schedule, grad_clip_norm).
-    param_labels: pytree of 'backbone' | 'head' labels, the structure of the
-      params (`mdiqa_jax.models.param_groups(params)`).
+    optim_config: config.optim (name, kwargs, learning_rate, lr_multipliers,
+      warmup_steps, schedule, grad_clip_norm).
+    params: the parameters, or any tree of their structure (shapes, names):
+      only the paths are read.
     total_steps: optimiser steps of the whole run.
   Returns:
     (tx, schedule): the gradient transformation (global-norm clipping, then
-    Adam / AdamW per parameter group) and schedule(step) -> head learning rate.
+    the optimiser per learning-rate group) and schedule(step) -> the learning
+    rate of the parameters no multiplier applies to.
   """
   schedule = create_learning_rate_schedule(optim_config, total_steps)
-  multiplier = float(optim_config.backbone_lr_multiplier)
-  if multiplier < 0:
-    raise ValueError(f'config.optim.backbone_lr_multiplier must be >= 0, got {multiplier}.')
-  backbone_schedule = lambda step: multiplier * schedule(step)
-  labels_used = set(jax.tree_util.tree_leaves(param_labels))
-  if not labels_used <= set(PARAM_GROUPS):
-    raise ValueError(f'param_labels hold {sorted(labels_used)}; expected only {PARAM_GROUPS}.')
-  per_group = {
-      'backbone': _base_optimizer(optim_config, backbone_schedule),
-      'head': _base_optimizer(optim_config, schedule),
-  }
+  build = OPTIMIZERS.get(optim_config.name)
+  kwargs = dict(optim_config.kwargs)
+  multipliers = [(str(pattern), float(value)) for pattern, value in
+                 optim_config.lr_multipliers]
+  for pattern, value in multipliers:
+    if value < 0:
+      raise ValueError(f'config.optim.lr_multipliers: {pattern!r} has multiplier {value}; '
+                       'expected >= 0.')
+  per_group = {DEFAULT_GROUP: build(schedule, **kwargs)}
+  for index, (_, value) in enumerate(multipliers):
+    per_group[str(index)] = build(lambda step, value=value: value * schedule(step), **kwargs)
   parts = []
   clip_norm = float(optim_config.grad_clip_norm)
   if clip_norm < 0:
     raise ValueError(f'config.optim.grad_clip_norm must be >= 0 (0 = off), got {clip_norm}.')
   if clip_norm:
     parts.append(optax.clip_by_global_norm(clip_norm))
-  parts.append(optax.multi_transform(per_group, param_labels))
+  parts.append(optax.multi_transform(per_group, multiplier_labels(params, multipliers)))
   return optax.chain(*parts), schedule
 
 

@@ -51,10 +51,7 @@ def test_multi_scale_fusion_shapes(module):
             for s, c in ((16, 4), (8, 8), (4, 16), (2, 32))]
   grid = (4, 4)
   second = jnp.asarray(rng.normal(size=(2, 4, 4, 6)), jnp.float32)
-  if isinstance(module, DeformableAlignment):
-    args = (stages, second)
-  else:
-    args = (stages, grid)
+  args = (stages, second, grid)
   params = module.init(jax.random.PRNGKey(0), *args)
   assert module.apply(params, *args).shape == (2, 4, 4, 12)
 
@@ -62,4 +59,4 @@ def test_multi_scale_fusion_shapes(module):
 def test_too_many_scales_is_a_clear_error():
   stages = [jnp.zeros((1, 4, 4, 2))]
   with pytest.raises(ValueError, match='num_scales'):
-    PlainFusion(num_scales=2, width=2).init(jax.random.PRNGKey(0), stages, (2, 2))
+    PlainFusion(num_scales=2, width=2).init(jax.random.PRNGKey(0), stages, None, (2, 2))

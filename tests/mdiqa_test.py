@@ -31,8 +31,10 @@ ABLATIONS = {
     'vit_only': {'model.use_cnn': False, 'model.use_alignment': False},
     'cnn_only': {'model.use_vit': False, 'model.use_alignment': False},
     'no_alignment': {'model.use_alignment': False},
-    'single_scale': {'loss.sigmas': (0.25,), 'loss.scale_weights': (1.0,)},
-    'point_l1': {'model.head_type': 'point', 'loss.type': 'l1'},
+    'single_scale': {'model.head.kwargs': {'num_distributions': 1},
+                     'loss.kwargs.sigmas': (0.25,), 'loss.kwargs.scale_weights': (1.0,)},
+    'point_l1': {'model.head.name': 'point', 'model.head.kwargs': {}, 'loss.name': 'l1',
+                 'loss.kwargs': {}},
 }
 
 
@@ -58,16 +60,17 @@ def test_forward_and_backward_under_jit(name):
   variables, ((loss, outputs), grads) = init_and_grads(jax.random.PRNGKey(0))
   assert set(variables) == {'params'}
   grid = IMAGE_SIZE // config.model.vit.patch_size
-  num_scales = len(config.loss.sigmas) if config.model.head_type == 'distribution' else 1
+  distribution = config.model.head.name == 'distribution'
+  num_scales = len(config.loss.kwargs.sigmas) if distribution else 1
   assert outputs['score'].shape == (2,)
   assert outputs['uncertainty'].shape == (2,)
   assert outputs['scale_scores'].shape == (2, num_scales)
   assert outputs['patch_scores'].shape == (2, grid, grid)
   assert outputs['patch_weights'].shape == (2, grid, grid)
-  if config.model.head_type == 'distribution':
+  if distribution:
     assert outputs['log_probs'].shape == (2, num_scales, 21)
     assert np.all(np.asarray(outputs['uncertainty']) > 0)
-  assert np.all((np.asarray(outputs['score']) >= 0) | (config.model.head_type == 'point'))
+  assert np.all((np.asarray(outputs['score']) >= 0) | (not distribution))
   assert np.isfinite(float(loss))
   leaves = jax.tree_util.tree_leaves(grads)
   assert all(np.all(np.isfinite(g)) for g in leaves)
@@ -77,22 +80,33 @@ def test_forward_and_backward_under_jit(name):
   assert ('convnext' in variables['params']) == config.model.use_cnn
 
 
-def test_param_groups_label_backbones():
+def test_param_groups_name_every_parameter_by_its_path():
   config = _config()
   model = models.create_model(config)
   params = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
                                              jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1))))['params']
-  labels = models.param_groups(params)
-  assert jax.tree_util.tree_structure(labels) == jax.tree_util.tree_structure(params)
-  assert set(jax.tree_util.tree_leaves(labels['vit'])) == {'backbone'}
-  assert set(jax.tree_util.tree_leaves(labels['convnext'])) == {'backbone'}
-  assert set(jax.tree_util.tree_leaves(labels['head'])) == {'head'}
+  names = models.param_groups(params)
+  assert jax.tree_util.tree_structure(names) == jax.tree_util.tree_structure(params)
+  assert names['vit']['cls'] == 'vit/cls'
+  assert names['head']['weights']['out']['kernel'] == 'head/weights/out/kernel'
+
+
+def test_paper_variants_decode_to_the_sizes_the_paper_config_used_to_type():
+  config = _config(**{'model.vit.variant': 'B/16', 'model.vit.patch_size': None,
+                      'model.vit.depth': None, 'model.vit.feature_blocks': None,
+                      'model.convnext.variant': 'tiny'})
+  model = models.create_model(config)
+  assert (model.vit.patch_size, model.vit.width, model.vit.depth, model.vit.num_heads,
+          model.vit.mlp_ratio, tuple(model.vit.feature_blocks)) == (16, 768, 12, 12, 4.0,
+                                                                    (3, 7, 11))
+  assert (tuple(model.convnext.depths), tuple(model.convnext.widths)) == (
+      (3, 3, 9, 3), (96, 192, 384, 768))
 
 
 @pytest.mark.parametrize('overrides,message', [
     ({'model.use_vit': False, 'model.use_cnn': False}, 'at least one branch'),
     ({'model.use_vit': False}, 'use_alignment=True'),
-    ({'model.head_type': 'ordinal'}, 'head_type'),
+    ({'model.head.name': 'ordinal'}, "config.model.head.name='ordinal': no such head"),
     ({'model.dtype': 'float64'}, 'dtype'),
 ])
 def test_bad_model_config_is_a_clear_error(overrides, message):

@@ -45,7 +45,7 @@ def test_sweep_runs_each_pair_once_reuses_duplicates_records_failures_and_resume
   rows.mkdir()
   _write_row(rows, 'a')
   _write_row(rows, 'b')  # The same config as a: reuses a's run.
-  _write_row(rows, 'c', change="config.model.head_type = 'no_such_head'")  # Fails.
+  _write_row(rows, 'c', change="config.model.head.name = 'no_such_head'")  # Fails.
   workdir, report = str(tmp_path / 'sweep'), str(tmp_path / 'docs' / 'RESULTS.md')
   overrides = [f'data.data_dir={data_dir}', 'num_train_steps=2']
   results = sweep.run_sweep([str(rows / '*.py')], [0], workdir, report,

@@ -13,6 +13,7 @@ from mdiqa_jax import models
 from mdiqa_jax import optim
 from mdiqa_jax import train
 from mdiqa_jax import train_step
+from mdiqa_jax.inference.checkpoint import load_checkpoint
 
 from child_process import REPO_DIR, TESTS_DIR, child_env
 import tiny_train_config
@@ -30,7 +31,7 @@ def run_train(workdir, data_dir, cache, *overrides, timeout=300):
 
 def test_overfits_a_small_batch():
   config = tiny_train_config.get_config()
-  config.loss.type = 'gaussian_kl'  # Zero at the optimum, unlike the cross-entropy.
+  config.loss.name = 'gaussian_kl'  # Zero at the optimum, unlike the cross-entropy.
   config.optim.learning_rate = 3e-3
   config.optim.schedule = 'constant'
   model = models.create_model(config)
@@ -68,7 +69,7 @@ def test_command_line_overrides_reach_the_model_and_the_run(tmp_path, tiny_data_
   assert saved['optim']['learning_rate'] == 0.0123
   assert saved['model']['vit']['depth'] == 1
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '3']
-  _, params = checkpointing.load_for_inference(str(workdir))
+  _, params = load_checkpoint(str(workdir))
   blocks = [name for name in params['vit'] if name.startswith('encoderblock')]
   assert blocks == ['encoderblock_0']
   # The default job ends with the test split's metrics on stdout and in a report.
@@ -96,7 +97,7 @@ def test_non_finite_loss_stops_and_keeps_only_finite_checkpoints(tmp_path, tiny_
   steps = sorted(int(s) for s in os.listdir(workdir / 'checkpoints'))
   assert steps and max(steps) < bad_step
   assert f'the last good checkpoint is step {max(steps)}' in message
-  _, params = checkpointing.load_for_inference(str(workdir))
+  _, params = load_checkpoint(str(workdir))
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params))
 
 

@@ -8,6 +8,7 @@ from mdiqa_jax.config_base import base_config
 def get_config(arg=None):
   del arg
   config = base_config()
-  config.loss.sigmas = (0.25,)
-  config.loss.scale_weights = (1.0,)
+  config.model.head.kwargs.num_distributions = 1
+  config.loss.kwargs.sigmas = (0.25,)
+  config.loss.kwargs.scale_weights = (1.0,)
   return config

@@ -7,7 +7,8 @@ r"""`mdiqa-convert`: converts a pretrained checkpoint once into an Orbax checkpo
 
 The architecture comes from --preset (models.vit.vit_config /
 models.convnext.convnext_config names) or from a training config file
-(config.model.vit / config.model.convnext, image size config.data.image_size),
+(config.model.vit / config.model.convnext: variant + overrides, image size
+config.data.image_size),
 so that the converted params are exactly the ones that config builds. Inputs:
 timm .safetensors / .pth (.pth needs torch), big_vision / AugReg .npz (ViT).
 The position embedding is resampled to --image_size and the RGB input kernel
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from mdiqa_jax import checkpointing
+from mdiqa_jax import cli
 from mdiqa_jax.convert import files
 from mdiqa_jax.convert import load_pretrained
 from mdiqa_jax.models import convnext as convnext_model
@@ -45,9 +46,6 @@ _IN_CHANNELS = flags.DEFINE_integer('in_channels', 1, 'Model input channels (1 f
 _CHANNEL_REDUCTION = flags.DEFINE_enum('channel_reduction', 'sum', ['sum', 'mean'],
                                        'How an RGB input kernel becomes one channel.')
 
-_VIT_FIELDS = ('patch_size', 'width', 'depth', 'num_heads', 'mlp_ratio', 'feature_blocks')
-_CONVNEXT_FIELDS = ('depths', 'widths')
-
 
 def architecture(family: str, preset: str | None = None, config=None) -> dict:
   """Backbone keyword arguments from a preset name or a training config."""
@@ -56,10 +54,10 @@ def architecture(family: str, preset: str | None = None, config=None) -> dict:
   if family == 'vit':
     if preset is not None:
       return vit_model.vit_config(preset)
-    return {k: config.model.vit[k] for k in _VIT_FIELDS}
+    return vit_model.decode_variant(config.model.vit)
   if preset is not None:
     return convnext_model.convnext_config(preset)
-  return {k: config.model.convnext[k] for k in _CONVNEXT_FIELDS}
+  return convnext_model.decode_variant(config.model.convnext)
 
 
 def convert(family: str, input_path, output_dir, *, model_kwargs: dict, image_size: int,
@@ -96,7 +94,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not (_FAMILY.value and _INPUT.value and _OUTPUT.value):
     raise app.UsageError('Give --family, --input and --output.')
-  checkpointing.quiet_library_logging()
+  cli.quiet_library_logging()
   config = _CONFIG.value
   try:
     model_kwargs = architecture(_FAMILY.value, _PRESET.value, config)

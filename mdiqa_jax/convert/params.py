@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 from flax import traverse_util
 import numpy as np
 
+from mdiqa_jax import command_errors
+
 from mdiqa_jax.convert import big_vision_vit
 from mdiqa_jax.convert import timm_convnext
 from mdiqa_jax.convert import timm_vit
@@ -52,19 +54,11 @@ class LoadReport:
                          ('left initialised', self.left_initialised),
                          ('ignored', self.ignored)):
       if items:
-        lines.append(f'  {title}: {_listing(items)}')
+        lines.append(f'  {title}: {command_errors.listing(items, _MAX_LISTED_KEYS)}')
     return '\n'.join(lines)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
-
-
-def _listing(keys: Sequence[str]) -> str:
-  keys = list(keys)
-  shown = ', '.join(keys[:_MAX_LISTED_KEYS])
-  if len(keys) > _MAX_LISTED_KEYS:
-    shown += f', ... and {len(keys) - _MAX_LISTED_KEYS} more'
-  return shown
 
 
 def merge(init_params, checkpoint: dict[str, np.ndarray], *, source: str,
@@ -101,10 +95,10 @@ def merge(init_params, checkpoint: dict[str, np.ndarray], *, source: str,
   unexpected = sorted(k for k in checkpoint if k not in init_flat)
   problems = []
   if missing:
-    problems.append(f'missing from the checkpoint ({len(missing)}): {_listing(missing)}')
+    problems.append(f'missing from the checkpoint ({len(missing)}): {command_errors.listing(missing, _MAX_LISTED_KEYS)}')
   if unexpected:
     problems.append(f'in the checkpoint but not in the model ({len(unexpected)}): '
-                    f'{_listing(unexpected)}')
+                    f'{command_errors.listing(unexpected, _MAX_LISTED_KEYS)}')
   report = LoadReport(source=source, ignored=sorted(ignored),
                       left_initialised=sorted(keep))
   merged = {}
@@ -129,7 +123,7 @@ def merge(init_params, checkpoint: dict[str, np.ndarray], *, source: str,
       getattr(report, category).append(f'{key}: {note}')
     merged[key] = np.asarray(array, dtype=init_value.dtype)
   if mismatched:
-    problems.append(f'shape mismatches ({len(mismatched)}): {_listing(mismatched)}')
+    problems.append(f'shape mismatches ({len(mismatched)}): {command_errors.listing(mismatched, _MAX_LISTED_KEYS)}')
   if problems:
     raise ValueError(f'Cannot load {source} onto the model: ' + '; '.join(problems) +
                      '. (Wrong model family or preset? Use dont_load to keep chosen '

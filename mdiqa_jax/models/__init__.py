@@ -1,21 +1,46 @@
-"""Models. `create_model(config)` is the one place that reads config.model."""
+"""Models. `create_model(config)` is the one place that reads config.model.
+
+  config.model.vit.name / .convnext.name   backbones, from `BACKBONES`
+  config.model.vit.variant='B/16'          architecture preset (fields that are
+                                           not None override it)
+  config.model.head.name                   head, from `models.head.HEADS`
+A new backbone or head is a function registered by name; `create_model` does
+not change.
+"""
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mdiqa_jax.models import convnext as convnext_lib
+from mdiqa_jax.models import vit as vit_lib
 from mdiqa_jax.models.align import DeformableAlignment, PlainFusion
-from mdiqa_jax.models.convnext import ConvNeXt
-from mdiqa_jax.models.head import DistributionHead, PointHead
+from mdiqa_jax.models.head import HEADS
 from mdiqa_jax.models.mdiqa import MDIQA
-from mdiqa_jax.models.vit import ViT
+from mdiqa_jax.optim import parameter_names
+from mdiqa_jax.registry import Registry
 
-# Top-level parameter collections that hold (possibly pretrained) backbones;
-# optax.multi_transform gives them their own learning rate.
-BACKBONE_MODULES = ('vit', 'convnext')
+# Backbone builders: (section, dtype=, remat=) -> flax module. The token branch
+# (config.model.vit) returns {'features': [(B, h, w, D), ...]}, the stage branch
+# (config.model.convnext) {'stages': [(B, H/4, W/4, C0), ..., (B, H/32, W/32, C3)]}.
+BACKBONES = Registry('backbone', 'config.model.<branch>.name')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+@BACKBONES.register('vit')
+def build_vit(section: ml_collections.ConfigDict, *, dtype: Any, remat: bool) -> vit_lib.ViT:
+  """ViT of the preset section.variant (+ overrides), timm-compatible."""
+  return vit_lib.ViT(**vit_lib.decode_variant(section), dropout=section.dropout, dtype=dtype,
+                     remat=remat)
+
+
+@BACKBONES.register('convnext')
+def build_convnext(section: ml_collections.ConfigDict, *, dtype: Any,
+                   remat: bool) -> convnext_lib.ConvNeXt:
+  """ConvNeXt of the preset section.variant (+ overrides), timm-compatible."""
+  return convnext_lib.ConvNeXt(**convnext_lib.decode_variant(section),
+                               drop_path=section.drop_path, dtype=dtype, remat=remat)
 
 
 def _dtype(name: str) -> Any:
@@ -24,10 +49,17 @@ def _dtype(name: str) -> Any:
   return _DTYPES[name]
 
 
+def patch_size(model_config: ml_collections.ConfigDict) -> int:
+  """Side of one cell of the head's patch grid, pixels (the ViT patch size, also
+  without the ViT branch, so that ablations share one grid)."""
+  return int(vit_lib.decode_variant(model_config.vit)['patch_size'])
+
+
 def create_model(config: ml_collections.ConfigDict) -> MDIQA:
-  """Builds MDIQA from config.model (K = len(config.loss.sigmas))."""
+  """Builds MDIQA from config.model."""
   model_config = config.model
   dtype = _dtype(model_config.dtype)
+  remat = bool(model_config.remat)
   if not (model_config.use_vit or model_config.use_cnn):
     raise ValueError('config.model.use_vit and config.model.use_cnn are both False; '
                      'at least one branch is needed.')
@@ -35,21 +67,15 @@ def create_model(config: ml_collections.ConfigDict) -> MDIQA:
     raise ValueError('config.model.use_alignment=True aligns CNN features to ViT tokens '
                      'and needs use_vit=True and use_cnn=True; set use_alignment=False '
                      'for a single-branch ablation.')
-  vit_config, cnn_config = model_config.vit, model_config.convnext
   align_config, head_config = model_config.align, model_config.head
 
   vit = None
   if model_config.use_vit:
-    vit = ViT(patch_size=vit_config.patch_size, width=vit_config.width,
-              depth=vit_config.depth, num_heads=vit_config.num_heads,
-              mlp_ratio=vit_config.mlp_ratio,
-              feature_blocks=tuple(vit_config.feature_blocks),
-              dropout=vit_config.dropout, dtype=dtype, remat=model_config.get('remat', False))
+    vit = BACKBONES.get(model_config.vit.name)(model_config.vit, dtype=dtype, remat=remat)
   convnext, fusion = None, None
   if model_config.use_cnn:
-    convnext = ConvNeXt(depths=tuple(cnn_config.depths), widths=tuple(cnn_config.widths),
-                        drop_path=cnn_config.drop_path, dtype=dtype,
-                        remat=model_config.get('remat', False))
+    convnext = BACKBONES.get(model_config.convnext.name)(model_config.convnext, dtype=dtype,
+                                                         remat=remat)
     if model_config.use_alignment:
       fusion = DeformableAlignment(num_scales=align_config.num_scales,
                                    width=align_config.width,
@@ -58,29 +84,20 @@ def create_model(config: ml_collections.ConfigDict) -> MDIQA:
     else:
       fusion = PlainFusion(num_scales=align_config.num_scales, width=align_config.width,
                            dtype=dtype)
-
-  if model_config.head_type == 'distribution':
-    head = DistributionHead(num_distributions=len(config.loss.sigmas),
-                            hidden=head_config.hidden, score_min=head_config.score_min,
-                            score_max=head_config.score_max,
-                            bin_width=head_config.bin_width, dtype=dtype)
-  elif model_config.head_type == 'point':
-    head = PointHead(hidden=head_config.hidden, score_min=head_config.score_min,
-                     score_max=head_config.score_max, dtype=dtype)
-  else:
-    raise ValueError(f"config.model.head_type={model_config.head_type!r}; expected "
-                     "'distribution' or 'point'.")
-  return MDIQA(head=head, patch_size=vit_config.patch_size,
+  head = HEADS.get(head_config.name)(
+      hidden=head_config.hidden, score_min=head_config.score_min,
+      score_max=head_config.score_max, bin_width=head_config.bin_width, dtype=dtype,
+      **head_config.kwargs)
+  return MDIQA(head=head, patch_size=patch_size(model_config),
                fused_width=head_config.hidden, vit=vit, convnext=convnext, fusion=fusion,
                input_mean=model_config.input_mean, input_std=model_config.input_std,
                dtype=dtype)
 
 
 def param_groups(params) -> Any:
-  """Labels every leaf 'backbone' (under vit/ or convnext/) or 'head'; same tree."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-  labels = {path: 'backbone' if path[0] in BACKBONE_MODULES else 'head' for path in flat}
-  return flax.traverse_util.unflatten_dict(labels)
+  """Every leaf's '/'-joined path, which config.optim.lr_multipliers' regexes
+  match (`optim.parameter_names`); same tree."""
+  return parameter_names(params)
 
 
 def count_params(params) -> int:

@@ -73,7 +73,7 @@ class DeformableAlignment(nn.Module):
   """Multi-scale alignment. Returns (B, h, w, S * width) on the ViT grid.
 
   Args (call): cnn_stages, list of (B, Hs, Ws, Cs) finest first (the first S are
-  used); vit_tokens (B, h, w, D).
+  used); vit_tokens (B, h, w, D); grid_hw (h, w), the tokens' grid.
   """
   num_scales: int
   width: int
@@ -82,9 +82,8 @@ class DeformableAlignment(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, cnn_stages, vit_tokens):
+  def __call__(self, cnn_stages, vit_tokens, grid_hw):
     _check_num_scales(self.num_scales, cnn_stages)
-    grid_hw = vit_tokens.shape[1:3]
     aligned = []
     for scale, cnn_map in enumerate(cnn_stages[:self.num_scales]):
       x = DeformableAlign(self.width, self.kernel_size, self.offset_groups, self.dtype,
@@ -96,13 +95,17 @@ class DeformableAlignment(nn.Module):
 
 class PlainFusion(nn.Module):
   """The no-alignment ablation: 1x1 projection of each of the first S stages,
-  pooled to the grid. cnn_stages list of (B, Hs, Ws, Cs) -> (B, h, w, S * width)."""
+  pooled to the grid. cnn_stages list of (B, Hs, Ws, Cs) -> (B, h, w, S * width).
+
+  Called like DeformableAlignment; the ViT tokens (or None) are not used.
+  """
   num_scales: int
   width: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, cnn_stages, grid_hw):
+  def __call__(self, cnn_stages, vit_tokens, grid_hw):
+    del vit_tokens
     _check_num_scales(self.num_scales, cnn_stages)
     projected = []
     for scale, cnn_map in enumerate(cnn_stages[:self.num_scales]):

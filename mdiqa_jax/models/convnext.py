@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdiqa_jax.models.norm import layer_norm as _layer_norm
 from mdiqa_jax.ops import depthwise_conv2d
 
-LAYER_NORM_EPSILON = 1e-6
 
 _PRESETS = {
     'tiny_cpu': dict(depths=(1, 1, 1, 1), widths=(16, 32, 64, 128)),
@@ -33,16 +33,32 @@ _PRESETS = {
     'base': dict(depths=(3, 3, 27, 3), widths=(128, 256, 512, 1024)),
 }
 
+PRESET_NAMES = tuple(_PRESETS)
+
+ARCHITECTURE_FIELDS = ('depths', 'widths')
+
 
 def convnext_config(name: str) -> dict[str, Any]:
-  """Returns `ConvNeXt` keyword arguments of a preset.
+  """Returns `ConvNeXt` keyword arguments of a preset (case-insensitive).
 
   'atto', 'tiny', 'small', 'base' are timm's convnext_atto / _tiny / _small /
   _base; 'tiny_cpu' is a one-block-per-stage model for tests and CPU runs.
   """
-  if name not in _PRESETS:
+  if name.lower() not in _PRESETS:
     raise ValueError(f'Unknown ConvNeXt preset {name!r}; expected one of {sorted(_PRESETS)}.')
-  return dict(_PRESETS[name])
+  return dict(_PRESETS[name.lower()])
+
+
+def decode_variant(section: Any) -> dict[str, Any]:
+  """Architecture of a config.model.convnext section: the preset
+  `section.variant`, overridden by `depths` / `widths` where not None."""
+  variant = section.get('variant')
+  kwargs = {field: ConvNeXt.__dataclass_fields__[field].default
+            for field in ARCHITECTURE_FIELDS}
+  kwargs.update(convnext_config(variant) if variant else {})
+  kwargs.update({field: tuple(section[field]) for field in ARCHITECTURE_FIELDS
+                 if section.get(field) is not None})
+  return kwargs
 
 
 class DepthwiseConv(nn.Module):
@@ -146,9 +162,3 @@ def _drop_path(x, rate, rng):
   keep_prob = 1.0 - rate
   keep = jax.random.bernoulli(rng, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
   return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
-
-
-def _layer_norm(dtype, name):
-  # Two-pass variance, as torch computes it, for 1e-5 parity with timm.
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False,
-                      dtype=dtype, name=name)

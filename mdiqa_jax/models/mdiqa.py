@@ -5,8 +5,9 @@ images (B, H, W, 1) in [0, 1]  (windowed CT, as LDCTIQAC2023 ships it)
   -> ConvNeXt stages (B, H/4.., C_s), aligned to the tokens (DeformableAlignment)
      or pooled to the grid (PlainFusion)
   -> concat + Dense(fused_width) per patch
-  -> DistributionHead (K Gaussian-target heads) or PointHead
-  -> dict: score, uncertainty, scale_scores, patch_scores, patch_weights[, log_probs]
+  -> the head named by config.model.head.name (models/head.py HEADS)
+  -> dict: score, uncertainty, scale_scores, patch_scores, patch_weights[, log_probs,
+     patch_log_probs] (the contract: models/head.py OUTPUTS)
 Any branch, the alignment, or the distribution head can be switched off from the
 config (see `mdiqa_jax.models.create_model`), which is how the ablations run.
 """
@@ -15,20 +16,19 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mdiqa_jax.models.align import DeformableAlignment, PlainFusion
-
 
 class MDIQA(nn.Module):
   """Composed model; build it with `mdiqa_jax.models.create_model(config)`.
 
   Attributes:
-    head: DistributionHead or PointHead.
+    head: a registered head (models/head.py).
     patch_size: side of one grid cell in pixels (the ViT patch size; also used
       as the grid when the ViT branch is off, so ablations share one grid).
     fused_width: channels of the fused per-patch features.
     vit: ViT or None (ablation: no global branch).
     convnext: ConvNeXt or None (ablation: no local branch).
-    fusion: DeformableAlignment, PlainFusion, or None (when convnext is None).
+    fusion: DeformableAlignment, PlainFusion, or None (when convnext is None);
+      called as fusion(stages, vit_tokens or None, grid_hw).
     input_mean, input_std: images are standardised as (x - mean) / std.
   """
   head: nn.Module
@@ -60,14 +60,9 @@ class MDIQA(nn.Module):
       parts.append(vit_tokens)
     if self.convnext is not None:
       stages = self.convnext(x, train=train)['stages']
-      if isinstance(self.fusion, DeformableAlignment):
-        parts.append(self.fusion(stages, vit_tokens))
-      else:
-        parts.append(self.fusion(stages, grid_hw))
+      parts.append(self.fusion(stages, vit_tokens, grid_hw))
     fused = jnp.concatenate([p.astype(self.dtype) for p in parts], axis=-1)
     fused = nn.Dense(self.fused_width, dtype=self.dtype, name='fuse')(fused)
     fused = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='fuse_norm')(nn.gelu(fused))
     return self.head(fused, train=train)
 
-
-__all__ = ['MDIQA', 'DeformableAlignment', 'PlainFusion']

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-LAYER_NORM_EPSILON = 1e-6
+from mdiqa_jax.models.norm import layer_norm as _layer_norm
+
 
 # Defaults for 12-block models: the outputs of blocks 4, 8 and 12 (1-based),
 # evenly spaced and ending at the last block.
@@ -46,17 +47,36 @@ _PRESETS = {
                 feature_blocks=_TWELVE_BLOCK_FEATURES),
 }
 
+PRESET_NAMES = tuple(_PRESETS)
+
+ARCHITECTURE_FIELDS = ('patch_size', 'width', 'depth', 'num_heads', 'mlp_ratio',
+                       'feature_blocks')
+
 
 def vit_config(name: str) -> dict[str, Any]:
-  """Returns `ViT` keyword arguments of a preset.
+  """Returns `ViT` keyword arguments of a preset (case-insensitive: 'B/16' = 'b/16').
 
   'ti/16', 's/16', 'b/16' and 'b/8' are timm's vit_{tiny,small,base}_patch16_224
   and vit_base_patch8_224 (mlp_ratio 4, class token); 'tiny_cpu' is a 4-block,
   64-wide model for tests and CPU runs.
   """
-  if name not in _PRESETS:
+  if name.lower() not in _PRESETS:
     raise ValueError(f'Unknown ViT preset {name!r}; expected one of {sorted(_PRESETS)}.')
-  return dict(_PRESETS[name])
+  return dict(_PRESETS[name.lower()])
+
+
+def decode_variant(section: Any) -> dict[str, Any]:
+  """Architecture of a config.model.vit section: the preset `section.variant`,
+  with every ARCHITECTURE_FIELDS entry that is not None overriding it
+  (variant None: ViT's own defaults, those of B/16)."""
+  variant = section.get('variant')
+  kwargs = {field: ViT.__dataclass_fields__[field].default for field in ARCHITECTURE_FIELDS}
+  kwargs.update(vit_config(variant) if variant else {})
+  kwargs.update({field: section[field] for field in ARCHITECTURE_FIELDS
+                 if section.get(field) is not None})
+  if 'feature_blocks' in kwargs:
+    kwargs['feature_blocks'] = tuple(kwargs['feature_blocks'])
+  return kwargs
 
 
 def query_chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
@@ -197,10 +217,3 @@ class ViT(nn.Module):
         'pre_logits': pre_logits,
         'tokens': tokens,
     }
-
-
-def _layer_norm(dtype, name):
-  # Two-pass variance, as torch computes it: the one-pass E[x^2] - E[x]^2 loses
-  # precision on residual streams with large means and breaks 1e-5 parity.
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False,
-                      dtype=dtype, name=name)

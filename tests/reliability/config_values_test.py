@@ -46,7 +46,9 @@ BAD_VALUES = [
     ('model.vit.dropout', {'model.vit.dropout': 1.0}),
     ('model.use_vit', {'model.use_vit': False}),
     ('model.use_alignment', {'model.use_alignment': True}),
-    ('model.head_type', {'model.head_type': 'histogram'}),
+    ('model.head.name', {'model.head.name': 'histogram'}),
+    ('model.vit.variant', {'model.vit.variant': 'H/14'}),
+    ('model.head.kwargs.num_distributions', {'model.head.kwargs.num_distributions': 0}),
     ('model.dtype', {'model.dtype': 'float64'}),
     ('model.input_std', {'model.input_std': 0.0}),
     ('model.head.bin_width', {'model.head.bin_width': 0.0}),
@@ -54,15 +56,19 @@ BAD_VALUES = [
     ('model.head.score_max', {'model.head.score_max': 0.0}),
     ('model.align.num_scales', {**CNN, 'model.align.num_scales': 5}),
     ('model.convnext.depths', {**CNN, 'model.convnext.depths': (1, 1, 1)}),
-    ('loss.sigmas', {'loss.sigmas': ()}),
-    ('loss.sigmas', {'loss.sigmas': (0.1, -0.2, 0.5)}),
-    ('loss.scale_weights', {'loss.scale_weights': (1.0,)}),
-    ('loss.type', {'loss.type': 'hinge'}),
-    ('loss.type', {'model.head_type': 'point'}),  # gaussian_ce needs distributions.
+    ('loss.kwargs.sigmas', {'loss.kwargs.sigmas': ()}),
+    ('loss.kwargs.sigmas', {'loss.kwargs.sigmas': (0.1, -0.2, 0.5)}),
+    ('loss.kwargs.sigmas', {'loss.kwargs.sigmas': (0.1, 0.5),  # K = 3 heads.
+                            'loss.kwargs.scale_weights': (1.0, 1.0)}),
+    ('loss.kwargs.scale_weights', {'loss.kwargs.scale_weights': (1.0,)}),
+    ('loss.name', {'loss.name': 'hinge'}),
+    # gaussian_ce needs distributions.
+    ('loss.name', {'model.head.name': 'point', 'model.head.kwargs': {}}),
     ('optim.learning_rate', {'optim.learning_rate': 0.0}),
-    ('optim.name', {'optim.name': 'sgd'}),
+    ('optim.name', {'optim.name': 'lion'}),
+    ('optim.lr_multipliers', {'optim.lr_multipliers': (('(unclosed', 0.1),)}),
     ('optim.schedule', {'optim.schedule': 'linear'}),
-    ('optim.weight_decay', {'optim.weight_decay': 0.1}),
+    ('optim', {'optim.kwargs': {'weight_decay': 0.1}}),  # Adam takes none.
     ('optim.warmup_steps', {'optim.warmup_steps': -1}),
     ('optim.grad_clip_norm', {'optim.grad_clip_norm': -1.0}),
     ('optim.ema_decay', {'optim.ema_decay': 1.0}),
@@ -104,13 +110,13 @@ def test_the_command_prints_the_error_as_one_line_and_exits_1(real_layout_data_d
   env['PYTHONPATH'] = os.pathsep.join([RELIABILITY_DIR, TESTS_DIR, env['PYTHONPATH']])
   completed = subprocess.run(
       [sys.executable, '-m', 'mdiqa_jax.train', f'--config={CONFIG_FILE}:{real_layout_data_dir}',
-       f'--workdir={workdir}', '--config.loss.sigmas=()', '--config.log_every_steps=0',
+       f'--workdir={workdir}', '--config.loss.kwargs.sigmas=()', '--config.log_every_steps=0',
        '--config.data.eval_split=nosuchsplit'],
       env=env, cwd=REPO_DIR, capture_output=True, text=True, timeout=600, check=False)
   assert completed.returncode == 1, completed.stderr[-3000:]
   assert 'Traceback' not in completed.stderr
   last_line = completed.stderr.strip().splitlines()[-1]
-  assert last_line.startswith('mdiqa-train: error: config.loss.sigmas=(): expected at least '
+  assert last_line.startswith('mdiqa-train: error: config.loss.kwargs.sigmas=(): expected at least '
                               'one width > 0'), last_line
   assert 'config.log_every_steps=0: expected an integer >= 1' in last_line
   assert not workdir.exists()
