@@ -1,4 +1,4 @@
-"""Checkpoints: Orbax CheckpointManager, preemption, damage, the workdir lock, inference.
+"""Checkpoints: the Orbax CheckpointManager, the workdir layout, damage.
 
 Workdir layout:
   <workdir>/config.json              the run's full config (JSON)
@@ -29,87 +29,68 @@ explicitly is used or refused, never replaced. A metrics file that does not
 parse marks only its own step as damaged.
 
 One writer per workdir: training holds an exclusive `fcntl.flock` on
-<workdir>/train.lock while it runs (`workdir_lock`); a second training on the
-same workdir stops at once, naming the process that holds it. The kernel
-releases the lock when the holder exits, however it exits (kill -9 too).
-Readers (predict, evaluate, export) take no lock.
+<workdir>/train.lock while it runs (`workdir_lock.py`); SIGTERM is handled by
+`preemption.py`. Both are importable from here as before.
 """
-import contextlib
 import dataclasses
-import datetime
-import fcntl
-import functools
 import hashlib
-import json
-import logging
 import os
 import re
-import signal
-import socket
-import sys
-import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging as absl_logging
 from etils import epath
 from flax import traverse_util
 import grain
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from mdiqa_jax import command_errors
-from mdiqa_jax import files
-from mdiqa_jax import models
-from mdiqa_jax import train_step
+from mdiqa_jax.cli import quiet_library_logging
+from mdiqa_jax.preemption import Preemption, PreemptionWatcher
+from mdiqa_jax.workdir import (BEST_METRIC, CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,
+                               CheckpointError, DamagedStepError, absolute_path, best_value,
+                               candidate_steps, check_resumable, list_steps, lists_to_tuples,
+                               load_config, read_step_metrics, read_step_record, resolve_checkpoint,
+                               save_config,
+                               split_checkpoint_path, step_dir)
+from mdiqa_jax.workdir_lock import LOCK_FILE, WorkdirLockedError, workdir_lock
 
-CHECKPOINT_DIR = 'checkpoints'
+# The workdir layout, the lock and the preemption watcher live in their own
+# modules; their names stay importable from here.
+__all__ = [
+    'BEST_METRIC', 'CHECKPOINT_DIR', 'CHECKSUM_ITEM', 'CONFIG_FILE', 'DAMAGED_DIR', 'DATA_ITEM',
+    'LOCK_FILE', 'METRICS_FILE', 'STATE_ITEM', 'CheckpointError', 'DamagedStepError',
+    'ParamsMismatchError', 'Preemption', 'PreemptionWatcher', 'WorkdirLockedError',
+    'absolute_path', 'candidate_steps', 'check_resumable', 'check_saved_params_fit',
+    'create_manager', 'failure_reason', 'list_steps', 'lists_to_tuples', 'load_config',
+    'load_inference_checkpoint', 'quiet_library_logging', 'read_step_metrics',
+    'resolve_checkpoint', 'restore', 'restore_newest_intact', 'restore_params', 'save',
+    'save_config', 'set_aside', 'split_checkpoint_path', 'state_checksums', 'step_dir',
+    'tree_checksum', 'verify_checksums', 'workdir_lock',
+]
+
 DAMAGED_DIR = 'damaged_checkpoints'
-CONFIG_FILE = 'config.json'
-LOCK_FILE = 'train.lock'
-BEST_METRIC = 'srocc'
 STATE_ITEM = 'state'
 DATA_ITEM = 'data'
 CHECKSUM_ITEM = 'checksums'
-METRICS_FILE = os.path.join('metrics', 'metrics')
 _ITEM_NAMES = (STATE_ITEM, DATA_ITEM, CHECKSUM_ITEM)
 # Error messages list at most this many parameter names, then a count of the rest.
 _MAX_LISTED_NAMES = 20
 
 
-class CheckpointError(command_errors.UserError, RuntimeError):
-  """A path holds no checkpoint that restores; the message names it and why."""
-
-
-class DamagedStepError(CheckpointError):
-  """One saved step does not restore or does not match its checksums."""
-
-  def __init__(self, step_dir: str, reason: str):
-    super().__init__(f'{step_dir}: {reason}')
-    self.step_dir = step_dir
-    self.reason = reason
+def load_inference_checkpoint(path: str) -> Any:
+  """`inference.checkpoint.load_inference_checkpoint(path)`: this name is kept for
+  callers; it imports the models only when called, so that checkpointing does
+  not depend on them."""
+  from mdiqa_jax.inference import checkpoint  # pylint: disable=g-import-not-at-top
+  return checkpoint.load_inference_checkpoint(path)
 
 
 class ParamsMismatchError(command_errors.UserError, ValueError):
   """The saved parameters do not fit the model of the run config (not damage)."""
-
-
-class WorkdirLockedError(command_errors.UserError, RuntimeError):
-  """Another training holds the workdir's lock."""
-
-
-def _best_value(metrics: Dict[str, float]) -> float:
-  value = metrics.get(BEST_METRIC) if metrics else None
-  # A constant prediction has no correlation (NaN); it ranks below any value.
-  return float(value) if value is not None and np.isfinite(value) else -np.inf
-
-
-def absolute_path(path: str) -> str:
-  """A local path made absolute (Orbax refuses relative ones); URLs (gs://...) unchanged."""
-  path = os.fspath(path)
-  return path if '://' in path else os.path.abspath(path)
 
 
 def create_manager(workdir: str, *, keep_last: int, keep_best: int,
@@ -131,16 +112,16 @@ def create_manager(workdir: str, *, keep_last: int, keep_best: int,
   workdir = absolute_path(workdir)
   for step in list_steps(workdir):
     try:
-      read_step_metrics(_step_dir(workdir, step))
+      read_step_metrics(step_dir(workdir, step))
     except DamagedStepError as error:
       set_aside(workdir, step, error.reason)
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(n=keep_last),
-      checkpoint_managers.BestN(get_metric_fn=_best_value, n=keep_best,
+      checkpoint_managers.BestN(get_metric_fn=best_value, n=keep_best,
                                 keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policy, best_fn=_best_value, best_mode='max',
+      preservation_policy=policy, best_fn=best_value, best_mode='max',
       cleanup_tmp_directories=True, enable_async_checkpointing=async_save, create=True)
   return ocp.CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), options=options,
                                item_names=_ITEM_NAMES)
@@ -195,24 +176,13 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
-def _step_dir(workdir: str, step: int) -> str:
-  return os.path.join(absolute_path(workdir), CHECKPOINT_DIR, str(step))
-
-
 def _saved_checksums(step_dir: str) -> Optional[Dict[str, str]]:
   """The checksums saved with a step; None for steps saved before they existed."""
   path = epath.Path(step_dir) / CHECKSUM_ITEM
   if not path.exists():
     return None
-  try:
-    saved = ocp.JsonCheckpointHandler().restore(path)
-  except Exception as e:  # A garbled record is damage like any other.
-    raise DamagedStepError(step_dir, f'{CHECKSUM_ITEM}/ cannot be read: '
-                           f'{command_errors.one_line(e)}') from e
-  if not isinstance(saved, dict):
-    raise DamagedStepError(step_dir, f'{CHECKSUM_ITEM}/ holds {type(saved).__name__}, '
-                           'expected a JSON object.')
-  return saved
+  return read_step_record(step_dir, f'{CHECKSUM_ITEM}/',
+                          lambda: ocp.JsonCheckpointHandler().restore(path))
 
 
 def verify_checksums(step_dir: str, fields: Dict[str, Any]) -> None:
@@ -237,7 +207,8 @@ _ARRAY_PATH = re.compile(r"'path': '([^'/][^']*?)/?'")
 _TENSORSTORE_SPEC = re.compile(r"\s*\[tensorstore_spec=.*\]", re.DOTALL)
 
 
-def _failure_reason(step_dir: str, error: BaseException) -> str:
+def failure_reason(step_dir: str, error: BaseException) -> str:
+  """One line saying why a step did not restore (the file or array named)."""
   """One line saying which file or array of a step failed, and how."""
   if isinstance(error, DamagedStepError):
     return error.reason
@@ -275,13 +246,13 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   except ParamsMismatchError:
     raise
   except Exception as e:  # Orbax, TensorStore and grain raise many types.
-    raise DamagedStepError(step_dir, _failure_reason(step_dir, e)) from e
+    raise DamagedStepError(step_dir, failure_reason(step_dir, e)) from e
   return state
 
 
 def set_aside(workdir: str, step: int, reason: str) -> str:
   """Moves a damaged step to <workdir>/damaged_checkpoints/ (process 0); returns where."""
-  source = _step_dir(workdir, step)
+  source = step_dir(workdir, step)
   target = os.path.join(absolute_path(workdir), DAMAGED_DIR, str(step))
   suffix = 0
   while os.path.exists(target if not suffix else f'{target}.{suffix}'):
@@ -318,141 +289,9 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: str, abstract
   return 0, None
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the run's config as JSON (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  files.write_text_atomically(os.path.join(workdir, CONFIG_FILE),
-                              config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """Reads <workdir>/config.json written by `save_config`."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  try:
-    with open(path, encoding='utf-8') as f:
-      values = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise FileNotFoundError(
-        f'{path}: cannot read the run config ({e}); is {workdir!r} a training workdir '
-        '(python -m mdiqa_jax.train --workdir=...)?') from e
-  return ml_collections.ConfigDict(_lists_to_tuples(values))
-
-
-def _lists_to_tuples(value: Any) -> Any:
-  # JSON has no tuples; configs use tuples for fixed-length fields (sigmas, depths).
-  if isinstance(value, dict):
-    return {k: _lists_to_tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_lists_to_tuples(v) for v in value)
-  return value
-
-
-def list_steps(workdir: str) -> List[int]:
-  """Saved steps of a workdir, ascending (complete step directories only)."""
-  directory = os.path.join(absolute_path(workdir), CHECKPOINT_DIR)
-  try:
-    names = os.listdir(directory)
-  except FileNotFoundError:
-    return []
-  return sorted(int(name) for name in names
-                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
-
-
-def read_step_metrics(step_dir: str) -> Dict[str, Any]:
-  """A step's validation metrics ({} when it has none).
-
-  Raises:
-    DamagedStepError: when the metrics file exists but is not a JSON object.
-  """
-  path = os.path.join(step_dir, METRICS_FILE)
-  try:
-    with open(path, encoding='utf-8') as f:
-      metrics = json.load(f)
-  except FileNotFoundError:
-    return {}
-  except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8.
-    raise DamagedStepError(step_dir, f'{METRICS_FILE} cannot be read: '
-                           f'{command_errors.one_line(e)}') from e
-  if not isinstance(metrics, dict):
-    raise DamagedStepError(step_dir, f'{METRICS_FILE} holds {type(metrics).__name__}, '
-                           'expected a JSON object.')
-  return metrics
-
-
-def _split_checkpoint_path(path: str) -> Tuple[str, Optional[int]]:
-  """(workdir, step) for a step directory, (workdir, None) for a workdir."""
-  path = os.path.abspath(os.fspath(path))
-  parent = os.path.dirname(path)
-  if os.path.basename(parent) == CHECKPOINT_DIR and os.path.basename(path).isdigit():
-    return os.path.dirname(parent), int(os.path.basename(path))
-  if not os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
-    raise FileNotFoundError(
-        f'{path}: neither a training workdir (no {CHECKPOINT_DIR}/ inside) nor a step '
-        f'directory <workdir>/{CHECKPOINT_DIR}/<step>.')
-  return path, None
-
-
-def candidate_steps(workdir: str) -> Tuple[List[int], Dict[int, str]]:
-  """Steps in the order readers try them, and the steps whose metrics are damaged.
-
-  Order: highest validation SROCC first; ties (and steps without validation)
-  newest first, so a workdir without validation gives its latest step first.
-  Returns:
-    (steps, damaged): damaged maps a step to why its metrics cannot be read;
-    those steps are left out of `steps`.
-  """
-  ranked, damaged = [], {}
-  for step in list_steps(workdir):
-    try:
-      ranked.append((_best_value(read_step_metrics(_step_dir(workdir, step))), step))
-    except DamagedStepError as error:
-      damaged[step] = error.reason
-  return [step for _, step in sorted(ranked, reverse=True)], damaged
-
-
-def resolve_checkpoint(path: str) -> Tuple[str, int]:
-  """Workdir or step directory -> (workdir, step).
-
-  A workdir gives its best step by validation SROCC (the latest when no step
-  has validation metrics; steps whose metrics do not parse are skipped);
-  `<workdir>/checkpoints/<step>` gives that step. `load_inference_checkpoint`
-  also falls back past steps that do not restore.
-  """
-  workdir, step = _split_checkpoint_path(path)
-  if step is not None:
-    return workdir, step
-  steps, _ = candidate_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(f'{workdir}: the workdir holds no complete checkpoint.')
-  return workdir, steps[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceCheckpoint:
-  """What `load_inference_checkpoint` loaded.
-
-  Attributes:
-    config: the run's config.
-    params: the parameters to predict with (EMA parameters when the run kept
-      an EMA), numpy arrays.
-    workdir: the training workdir.
-    step: the step loaded.
-    skipped: one line per newer-ranked step that did not restore.
-  """
-  config: ml_collections.ConfigDict
-  params: Any
-  workdir: str
-  step: int
-  skipped: Tuple[str, ...] = ()
-
-  @property
-  def step_dir(self) -> str:
-    return _step_dir(self.workdir, self.step)
-
-
-def _restore_params(step_dir: str, key: str, abstract: Any) -> Any:
+def restore_params(step_dir: str, key: str, abstract: Any) -> Any:
+  """Only state/<key> of a step (abstract: {key: ShapeDtypeStructs}), fitted and
+  checksum-verified (`check_saved_params_fit`, `verify_checksums`), as numpy."""
   check_saved_params_fit(step_dir, key, abstract[key])
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   try:
@@ -467,78 +306,9 @@ def _restore_params(step_dir: str, key: str, abstract: Any) -> Any:
   return params
 
 
-def load_inference_checkpoint(path: str) -> InferenceCheckpoint:
-  """Loads the config and parameters of a trained model for prediction.
-
-  Only the parameters are read (not the optimiser state), and verified
-  against the step's checksums.
-  Args:
-    path: a training workdir (its best step by validation SROCC; a step that
-      does not restore is logged in one line and the next one is tried) or a
-      step directory `<workdir>/checkpoints/<step>` (that step or an error).
-  Raises:
-    FileNotFoundError: `path` is no workdir or step directory, or holds no
-      config.json.
-    ParamsMismatchError: the saved parameters do not fit the config's model.
-    CheckpointError: no step restores (the message lists each step and why).
-  """
-  workdir, step = _split_checkpoint_path(path)
-  config = load_config(workdir)
-  key = 'ema_params' if config.optim.ema_decay else 'params'
-  model = models.create_model(config)
-  shapes = jax.eval_shape(
-      functools.partial(train_step.init_params, model, image_size=config.data.image_size),
-      jax.random.PRNGKey(0))
-  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = {key: jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)}
-  if step is not None:
-    step_dir = _step_dir(workdir, step)
-    if not os.path.isdir(step_dir):
-      raise FileNotFoundError(f'{step_dir}: no such checkpoint step.')
-    try:
-      return InferenceCheckpoint(config, _restore_params(step_dir, key, abstract), workdir,
-                                 step)
-    except ParamsMismatchError:
-      raise
-    except Exception as e:  # Orbax and TensorStore raise many types.
-      raise DamagedStepError(step_dir, _failure_reason(step_dir, e)) from e
-  steps, damaged = candidate_steps(workdir)
-  skipped = [f'step {s}: {reason}' for s, reason in sorted(damaged.items(), reverse=True)]
-  for candidate in steps:
-    step_dir = _step_dir(workdir, candidate)
-    try:
-      params = _restore_params(step_dir, key, abstract)
-    except ParamsMismatchError:
-      raise
-    except Exception as e:  # Orbax and TensorStore raise many types.
-      skipped.append(f'step {candidate}: {_failure_reason(step_dir, e)}')
-      continue
-    for line in skipped:
-      absl_logging.warning('%s: checkpoint %s; using step %d.', workdir, line, candidate)
-    return InferenceCheckpoint(config, params, workdir, candidate, tuple(skipped))
-  if not skipped:
-    raise FileNotFoundError(f'{workdir}: the workdir holds no complete checkpoint.')
-  raise CheckpointError(f'{workdir}: no checkpoint step restores: ' + '; '.join(skipped) + '.')
-
-
-def load_for_inference(path: str) -> Tuple[ml_collections.ConfigDict, Any]:
-  """(config, params) of `load_inference_checkpoint(path)`."""
-  loaded = load_inference_checkpoint(path)
-  return loaded.config, loaded.params
-
-
 def _shapes_by_name(tree: Any) -> Dict[str, Tuple[int, ...]]:
   return {name: tuple(leaf.shape)
           for name, leaf in traverse_util.flatten_dict(tree, sep='/').items()}
-
-
-def _listing(names) -> str:
-  names = sorted(names)
-  shown = ', '.join(names[:_MAX_LISTED_NAMES])
-  if len(names) > _MAX_LISTED_NAMES:
-    shown += f', ... and {len(names) - _MAX_LISTED_NAMES} more'
-  return shown
 
 
 def check_saved_params_fit(step_dir: epath.PathLike, key: str, expected: Any) -> None:
@@ -569,132 +339,13 @@ def check_saved_params_fit(step_dir: epath.PathLike, key: str, expected: Any) ->
                 for name, shape in model_shapes.items()
                 if name in saved_shapes and saved_shapes[name] != shape]
   if missing:
-    problems.append(f'missing from the checkpoint ({len(missing)}): {_listing(missing)}')
+    problems.append(f'missing from the checkpoint ({len(missing)}): {command_errors.listing(sorted(missing), _MAX_LISTED_NAMES)}')
   if unexpected:
     problems.append(f'in the checkpoint but not in the model ({len(unexpected)}): '
-                    f'{_listing(unexpected)}')
+                    f'{command_errors.listing(sorted(unexpected), _MAX_LISTED_NAMES)}')
   if mismatched:
-    problems.append(f'shape mismatches ({len(mismatched)}): {_listing(mismatched)}')
+    problems.append(f'shape mismatches ({len(mismatched)}): {command_errors.listing(sorted(mismatched), _MAX_LISTED_NAMES)}')
   if problems:
     raise ParamsMismatchError(f'{step_dir}: the saved {key} do not fit the model of the run config: '
                      + '; '.join(problems) + '. (Was config.model changed after training? '
                      'Then train into a new --workdir.)')
-
-
-def _lock_path(workdir: str) -> str:
-  # With several hosts each process locks its own file: process i of a second
-  # run meets process i of the first.
-  name = LOCK_FILE if jax.process_count() == 1 else f'{LOCK_FILE}.{jax.process_index()}'
-  return os.path.join(absolute_path(workdir), name)
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str) -> Iterator[str]:
-  """Holds the workdir's exclusive lock for the block (one training per workdir).
-
-  Creates the workdir and <workdir>/train.lock, takes an `fcntl.flock` on it
-  without waiting, and writes who holds it (pid, host, start time, command).
-  The kernel drops the lock when the process ends, even by kill -9.
-  Yields:
-    The lock file's path.
-  Raises:
-    WorkdirLockedError: naming the lock file and the process that holds it.
-  """
-  path = _lock_path(workdir)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    try:
-      fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      with open(path, encoding='utf-8', errors='replace') as f:
-        holder = ' '.join(f.read().split()) or 'a process that has not written its name yet'
-      raise WorkdirLockedError(
-          f'{os.path.dirname(path)}: another training is writing this workdir ({holder}; '
-          f'lock {path}). Wait for it to end, stop it, or pass another --workdir.') from None
-    holder = (f'pid {os.getpid()} on {socket.gethostname()}, started '
-              f'{datetime.datetime.now().astimezone().isoformat(timespec="seconds")}: '
-              f'{" ".join(sys.argv)}')
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, holder.encode('utf-8', errors='replace') + b'\n', 0)
-    yield path
-  finally:
-    os.close(descriptor)  # Closing the last descriptor releases the flock.
-
-
-class _OwnInfoOnly(logging.Filter):
-  """Passes warnings and errors, and INFO records from mdiqa_jax only."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or _PACKAGE_DIR in record.pathname
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def quiet_library_logging() -> None:
-  """Keeps the command-line log readable: Orbax (and TFDS) log every file they
-  touch at INFO; only this package's INFO lines and everyone's warnings pass."""
-  absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())
-
-
-class Preemption(BaseException):
-  """SIGTERM arrived outside the train loop (a BaseException, like
-  KeyboardInterrupt, so that no library's `except Exception` swallows it)."""
-
-
-class PreemptionWatcher:
-  """SIGTERM handling for a whole training job: every phase ends cleanly.
-
-  Use as a context manager; the previous handler is restored on exit. Inside
-  `polling()` (the train loop and its checkpoint writes) SIGTERM only sets a
-  flag that the loop polls with `should_stop`, then saves and exits. Anywhere
-  else (building the dataset, restoring, the final evaluation) SIGTERM raises
-  `Preemption` at once; every file those phases write is written atomically,
-  so nothing is left half-written. With several hosts, Orbax's preemption
-  sync point (`reached_preemption`) makes every host stop at the same step;
-  on one host the flag alone does.
-  """
-
-  def __init__(self):
-    self._event = threading.Event()
-    self._polling = 0
-    self._previous: Optional[Callable] = None
-    self._installed = False
-
-  def __enter__(self) -> 'PreemptionWatcher':
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-      self._installed = True
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    if self._installed:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  @contextlib.contextmanager
-  def polling(self) -> Iterator['PreemptionWatcher']:
-    """SIGTERM sets the flag instead of raising, for the block."""
-    if self._event.is_set():
-      raise Preemption()
-    self._polling += 1
-    try:
-      yield self
-    finally:
-      self._polling -= 1
-
-  def _on_sigterm(self, signum, frame) -> None:
-    del signum, frame
-    self._event.set()
-    if not self._polling:
-      raise Preemption()
-
-  @property
-  def received(self) -> bool:
-    return self._event.is_set()
-
-  def should_stop(self, step: int) -> bool:
-    """True when this step is where training must save and exit."""
-    if jax.process_count() > 1:
-      return ocp.utils.reached_preemption(step)
-    return self._event.is_set()

@@ -16,6 +16,7 @@ import pytest
 from mdiqa_jax import checkpointing
 from mdiqa_jax import models
 from mdiqa_jax import train_step
+from mdiqa_jax.inference.checkpoint import load_checkpoint
 
 from child_process import REPO_DIR, TESTS_DIR, child_env
 import tiny_train_config
@@ -108,7 +109,7 @@ def test_load_for_inference_returns_ema_params_when_the_run_kept_them(tmp_path, 
   checkpointing.save(manager, 7, state)
   manager.wait_until_finished()
   manager.close()
-  loaded_config, params = checkpointing.load_for_inference(str(tmp_path))
+  loaded_config, params = load_checkpoint(str(tmp_path))
   assert loaded_config.optim.ema_decay == ema_decay
   assert loaded_config.model.vit.feature_blocks == (0, 1)  # Tuples survive JSON.
   expected = 2.0 if ema_decay else 1.0
@@ -152,9 +153,9 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_data_
   assert resumed.returncode == 0, resumed.stderr[-5000:]
   assert f'Resumed from {interrupted} at step {max(killed_at)}' in resumed.stderr
 
-  _, straight_params = checkpointing.load_for_inference(os.path.join(straight, 'checkpoints',
+  _, straight_params = load_checkpoint(os.path.join(straight, 'checkpoints',
                                                                      '200'))
-  _, resumed_params = checkpointing.load_for_inference(os.path.join(interrupted, 'checkpoints',
+  _, resumed_params = load_checkpoint(os.path.join(interrupted, 'checkpoints',
                                                                     '200'))
   for a, b in zip(jax.tree_util.tree_leaves(straight_params),
                   jax.tree_util.tree_leaves(resumed_params)):
@@ -168,7 +169,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_data_
   names = os.listdir(os.path.join(interrupted, 'checkpoints'))
   assert all(name.isdigit() for name in names), names
   for step in step_dirs(interrupted):
-    checkpointing.load_for_inference(os.path.join(interrupted, 'checkpoints', str(step)))
+    load_checkpoint(os.path.join(interrupted, 'checkpoints', str(step)))
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_data_dir,
@@ -198,7 +199,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_data_dir,
   step = int(saved[0].split('saved step ')[1].split(' ')[0])
   assert step >= 10
   assert step_dirs(workdir) == [step]
-  checkpointing.load_for_inference(os.path.join(workdir, 'checkpoints', str(step)))
+  load_checkpoint(os.path.join(workdir, 'checkpoints', str(step)))
 
 
 def test_every_single_flipped_bit_in_the_data_is_caught_at_restore(tmp_path):

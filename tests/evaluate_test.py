@@ -130,11 +130,6 @@ def test_write_report_is_one_set_a_failed_write_leaves_the_previous_report(tmp_p
   assert sorted(os.listdir(tmp_path)) == ['metrics.json', 'predictions.csv', 'scatter.png']
 
 
-class _Flag:
-  def __init__(self, value):
-    self.value = value
-
-
 @pytest.mark.parametrize('make_path,words', [
     (lambda tmp: tmp / 'no_such_run', 'neither a training workdir'),
     (lambda tmp: tmp / 'run' / 'checkpoints' / '7', 'cannot read the run config'),
@@ -142,9 +137,9 @@ class _Flag:
 def test_evaluate_command_errors_are_one_line(tmp_path, capsys, make_path, words):
   (tmp_path / 'run' / 'checkpoints').mkdir(parents=True)
   path = str(make_path(tmp_path))
-  main = command_errors.guard(functools.partial(evaluate.main, command_flags={
-      'workdir': _Flag(path), 'checkpoint': _Flag(None), 'split': _Flag('test'),
-      'output_dir': _Flag(None)}), 'mdiqa-evaluate')
+  main = command_errors.guard(functools.partial(evaluate.main, values={
+      'workdir': path, 'checkpoint': None, 'split': 'test', 'output_dir': None}),
+      'mdiqa-evaluate')
   assert main(['mdiqa-evaluate']) == command_errors.EXIT_ERROR
   (line,) = capsys.readouterr().err.strip().splitlines()
   assert line.startswith('mdiqa-evaluate: error: ') and words in line, line

@@ -161,15 +161,6 @@ def test_example_spacing_is_its_feature_else_the_assumed_one(data_config):
   assert pipeline.example_pixel_mm({}, data_config) == (data_config.pixel_mm,) * 2
 
 
-def test_shard_for_devices_splits_rows_and_rejects_uneven_batches():
-  batch = {'image': np.zeros((8, 4, 4, 1)), 'score': np.arange(8.0)}
-  sharded = pipeline.shard_for_devices(batch, 4)
-  assert sharded['image'].shape == (4, 2, 4, 4, 1)
-  np.testing.assert_array_equal(sharded['score'][1], [2.0, 3.0])
-  with pytest.raises(ValueError, match='cannot be split over 3'):
-    pipeline.shard_for_devices(batch, 3)
-
-
 def test_too_small_split_for_a_batch_is_an_error(data_config):
   with pytest.raises(ValueError, match='fewer than one batch'):
     _train(data_config, batch=6, process_index=0, process_count=2)

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from mdiqa_jax import models
-from mdiqa_jax import slice_scoring
+from mdiqa_jax.inference import scoring
+from mdiqa_jax.inference import tiles
+from mdiqa_jax.inference.preprocessing import Preprocessing
 from mdiqa_jax.data import preprocess
 
 CENTERS = np.arange(21) * 0.2
@@ -33,7 +35,7 @@ def test_combine_tiles_is_the_weighted_mixture_over_every_patch():
   logits = rng.normal(size=(3, 2, 2, 3, 21))
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   weights, body = rng.uniform(0.1, 2.0, (3, 2, 2)), rng.uniform(0, 1, (3, 2, 2))
-  combined = slice_scoring.combine_tiles(
+  combined = tiles.combine_tiles(
       {'patch_weights': weights, 'patch_scores': np.zeros((3, 2, 2)),
        'patch_log_probs': log_probs}, body, CENTERS)
   pooled, mean, std = _reference_pool(weights, body, log_probs)
@@ -47,7 +49,7 @@ def test_combine_tiles_of_a_point_head_is_the_weighted_mean():
   rng = np.random.default_rng(1)
   scores, weights, body = (rng.uniform(0, 4, (2, 3, 3)), rng.uniform(0.1, 1, (2, 3, 3)),
                            rng.uniform(0, 1, (2, 3, 3)))
-  combined = slice_scoring.combine_tiles(
+  combined = tiles.combine_tiles(
       {'patch_weights': weights, 'patch_scores': scores}, body, CENTERS)
   expected = sum(w * b * s for w, b, s in zip(weights.ravel(), body.ravel(), scores.ravel())
                  ) / sum(w * b for w, b in zip(weights.ravel(), body.ravel()))
@@ -70,10 +72,10 @@ def _tissue_in_air(shape, seed):
 
 def _score(checkpoint, images, tile_batch, spacing=(0.75, 0.75)):
   config = checkpoint.config
-  predict_fn = slice_scoring.make_tile_predict_fn(models.create_model(config))
-  preprocessing = slice_scoring.Preprocessing.from_config(config)
+  predict_fn = scoring.make_tile_predict_fn(models.create_model(config))
+  preprocessing = Preprocessing.from_config(config)
   items = [(index, image, spacing) for index, image in enumerate(images)]
-  return list(slice_scoring.score_slices(predict_fn, checkpoint.params, items, preprocessing,
+  return list(scoring.score_slices(predict_fn, checkpoint.params, items, preprocessing,
                                          tile_batch=tile_batch))
 
 

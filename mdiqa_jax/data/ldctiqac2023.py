@@ -25,7 +25,7 @@ scripts that read `LDCTIQAG2023_train/image/*.tif` with tifffile and look each
 file name up in `train.json` (one documents the format as
 {"0000.tif": 2.8}). The images are soft-tissue windowed (the challenge page
 says width/level 350/40) and stored as float32 in [0, 1]. The TIFFs carry no pixel spacing. The model scores them at
-native resolution (no resizing; slice_scoring.py) and takes their spacing to be
+native resolution (no resizing; mdiqa_jax/inference/) and takes their spacing to be
 config.data.pixel_mm (configs/paper.py: 0.7 mm, typical of the Mayo abdominal
 scans behind the challenge, 512 x 512 over a field of view of about 340-380
 mm), so the examples have no 'pixel_mm' feature. A later

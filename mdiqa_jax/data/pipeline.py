@@ -5,13 +5,13 @@
     -> grain.MapDataset: per-host shard, global shuffle (reshuffled every
        epoch), per-example augmentation (`preprocess.train_crop`: one random
        native-pixel tile inside the body, flips), batching
-    -> numpy dict batches; the training loop puts them on devices
-       (`shard_for_devices` + jax.device_put / flax prefetch_to_device).
+    -> numpy dict batches; the train step's `DataParallel.shard_batch` puts
+       them on the devices.
 
 Why grain over the data source rather than `tfds.as_dataset`: `as_dataset`
 needs TensorFlow at training time, which we do not install; grain reads the
 same files by index, so shuffling is a permutation of indices (no shuffle
-buffer: `config.data.shuffle_buffer` is not used), augmentation randomness is
+buffer), augmentation randomness is
 a pure function of (seed, host, step position), and the iterator state is one
 JSON-serialisable dict (`iterator.get_state()` / `set_state()`): training
 resumes at exactly the batch it stopped at.
@@ -24,7 +24,7 @@ run the same number of steps per epoch. The global batch is
 batch_size_per_host * process_count.
 
 Evaluation does not batch examples: it scores whole slices tile by tile
-(`slice_scoring`), reading this host's examples with `host_examples`.
+(`inference.split`), reading this host's examples with `host_examples`.
 
 Batches (numpy): 'image' (b, S, S, 1) float32 in [0, 1]; 'score' (b,) float32;
 'rater_scores' (b, R) float32 when the dataset has it; every other numeric
@@ -225,16 +225,3 @@ def host_examples(data_config: ml_collections.ConfigDict, split: str, *,
   source = open_source(data_config, split)
   for index in range(process_index, len(source), process_count):
     yield index, source[index]
-
-
-def shard_for_devices(batch: dict[str, np.ndarray],
-                      num_devices: int) -> dict[str, np.ndarray]:
-  """Reshapes every leaf (b, ...) -> (num_devices, b // num_devices, ...)."""
-  def reshape(x):
-    if x.shape[0] % num_devices:
-      raise ValueError(
-          f'Batch of {x.shape[0]} rows cannot be split over {num_devices} '
-          'local devices; choose a per-host batch size divisible by '
-          'jax.local_device_count().')
-    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
-  return jax.tree.map(reshape, batch)

@@ -23,6 +23,7 @@ import pytest
 from mdiqa_jax import checkpointing
 from mdiqa_jax import evaluate
 from mdiqa_jax import predict
+from mdiqa_jax.inference.checkpoint import load_checkpoint
 
 import real_layout_config
 from child_process import REPO_DIR, TESTS_DIR, child_env
@@ -128,7 +129,7 @@ def _damaged_copies(trained, root):
 
 
 def _params(path):
-  return jax.tree_util.tree_leaves(checkpointing.load_for_inference(path)[1])
+  return jax.tree_util.tree_leaves(load_checkpoint(path)[1])
 
 
 def _same(a, b):

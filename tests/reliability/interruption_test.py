@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from mdiqa_jax import checkpointing
+from mdiqa_jax.inference.checkpoint import load_checkpoint
 
 import real_layout_config
 from child_process import REPO_DIR, TESTS_DIR, child_env
@@ -68,7 +69,7 @@ def _kill_at_random_point(process, workdir, rng):
 
 
 def _final_params(workdir, step):
-  return jax.tree_util.tree_leaves(checkpointing.load_for_inference(
+  return jax.tree_util.tree_leaves(load_checkpoint(
       os.path.join(workdir, 'checkpoints', str(step)))[1])
 
 
