@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from mdiqa_jax import pseudo_labels
+from mdiqa_jax.semi import pseudo_labels
 
 
 def _teachers(num_teachers=3, num_examples=10, num_scales=2, num_bins=5, seed=0):

@@ -11,8 +11,11 @@ import pytest
 from mdiqa_jax import checkpointing
 from mdiqa_jax import models
 from mdiqa_jax import semi
+from mdiqa_jax.semi import ensemble
+from mdiqa_jax.semi import teachers
 from mdiqa_jax.data import pipeline
 from mdiqa_jax.data import preprocess
+from mdiqa_jax.inference.checkpoint import load_checkpoint
 
 from child_process import TESTS_DIR, child_env
 import reference_pooling
@@ -58,7 +61,7 @@ def pipeline_run(tmp_path_factory, tiny_data_dir, compilation_cache):
   teacher_dirs = [os.path.join(teachers_dir, f'teacher_{i}') for i in range(2)]
   # A provenance value JSON cannot write fails stage 2 after the arrays are written.
   with pytest.raises(TypeError):
-    semi.make_pseudo_labels(teacher_dirs, pseudo_dir, workdir=workdir,
+    ensemble.make_pseudo_labels(teacher_dirs, pseudo_dir, workdir=workdir,
                             provenance_extra={'unwritable': object()})
   listing_after_failure = sorted(os.listdir(os.path.dirname(pseudo_dir)))
 
@@ -117,14 +120,14 @@ def test_pseudo_labels_equal_mean_of_independent_teacher_predictions(pipeline_ru
   source = pipeline.open_source(config.data, config.data.unlabeled_split)
   images = np.stack([preprocess.as_slice(source[i]['image']) for i in range(len(source))])
   assert images.shape[1:] == (config.data.image_size,) * 2
-  patch = config.model.vit.patch_size
+  patch = models.patch_size(config.model)
   grid = config.data.image_size // patch
   fractions = [reference_pooling.patch_body(reference_pooling.body_mask(image), 0, 0, grid,
                                             patch) for image in images]
   centers = np.arange(21) * 0.2
   scores, probs = [], []
   for teacher_dir in pipeline_run['teacher_dirs']:
-    teacher_config, params = checkpointing.load_for_inference(teacher_dir)
+    teacher_config, params = load_checkpoint(teacher_dir)
     model = models.create_model(teacher_config)
     outputs = jax.device_get(jax.jit(model.apply)({'params': params}, images[..., None]))
     pooled = [reference_pooling.pool(outputs['patch_weights'][i], fractions[i],
@@ -188,7 +191,7 @@ def test_write_pseudo_label_dataset_is_atomic_and_cleans_killed_attempts(tmp_pat
 def test_fold_complement_splits_cover_each_example_once_as_held_out():
   held_out = []
   for fold in range(3):
-    split = semi.fold_complement_split('train', 10, fold, 3)
+    split = teachers.fold_complement_split('train', 10, fold, 3)
     kept = set()
     for part in split.split('+'):
       start, stop = part[len('train['):-1].split(':')
@@ -200,12 +203,12 @@ def test_fold_complement_splits_cover_each_example_once_as_held_out():
 
 def test_shared_dir_refuses_other_teacher_settings(tmp_path):
   config = tiny_semi_config.get_config(str(tmp_path))
-  semi._check_teacher_spec(str(tmp_path), semi.teacher_configs(config))
+  teachers.check_teacher_spec(str(tmp_path), teachers.teacher_configs(config))
   config.semi.strategy = 'hard'  # Student settings may differ ...
-  semi._check_teacher_spec(str(tmp_path), semi.teacher_configs(config))
+  teachers.check_teacher_spec(str(tmp_path), teachers.teacher_configs(config))
   config.semi.teacher_seeds = (1, 5)  # ... teacher settings may not.
   with pytest.raises(ValueError, match='shared_dir'):
-    semi._check_teacher_spec(str(tmp_path), semi.teacher_configs(config))
+    teachers.check_teacher_spec(str(tmp_path), teachers.teacher_configs(config))
 
 
 @pytest.mark.parametrize('field,value', [('strategy', 'mean'), ('rounds', 0),

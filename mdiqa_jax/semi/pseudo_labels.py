@@ -161,7 +161,7 @@ def select_for_student(teacher_scores: np.ndarray, teacher_uncertainty: np.ndarr
   if strategy == 'soft':
     if teacher_log_probs is None:
       raise ValueError("config.semi.strategy='soft' needs teachers with a distribution "
-                       "head (config.model.head_type='distribution').")
+                       "head (config.model.head.name='distribution').")
     selection['target_probs'] = mean_distribution(teacher_log_probs)[index].astype(
         np.float32)
   return selection

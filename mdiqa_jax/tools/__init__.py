@@ -1,0 +1,1 @@
+"""Tools around the models: the ablation / semi-supervision sweep and its report."""
