@@ -6,7 +6,7 @@ builds 'ldct_iqa_synthetic/clinical' (512 x 512 slices at 0.4-0.95 mm, see
 docs/DATA.md), trains the 1 M-parameter model for 16 epochs on one random
 96 x 96 tile of NATIVE pixels per slice (inside the body; no resizing), and
 evaluates the best checkpoint on the test split by scoring every slice
-whole, tile by tile, as mdiqa-predict does (slice_scoring.py). Why these
+whole, tile by tile, as mdiqa-predict does (mdiqa_jax/inference/). Why these
 values:
 - 96-pixel tiles: 7-11 cm of anatomy, enough to see noise grain and streaks,
   and about half the compute of 128-pixel tiles;
