@@ -96,7 +96,7 @@ def load(directory: str = BUNDLED_DIR) -> Tuple[ml_collections.ConfigDict, Any,
   if digest != record.get('sha256'):
     raise BundledModelError(f'{path}: sha256 {digest} differs from the recorded '
                             f'{record.get("sha256")}; the file was altered or truncated.')
-  config = ml_collections.ConfigDict(checkpointing._lists_to_tuples(record["config"]))
+  config = checkpointing.config_from_values(record['config'])
   shapes = _model_shapes(config)
   with open(path, 'rb') as f:
     state = serialization.msgpack_restore(f.read())

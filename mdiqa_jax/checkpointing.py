@@ -52,6 +52,7 @@ from mdiqa_jax.cli import quiet_library_logging
 from mdiqa_jax.preemption import Preemption, PreemptionWatcher
 from mdiqa_jax.workdir import (BEST_METRIC, CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,
                                CheckpointError, DamagedStepError, absolute_path, best_value,
+                               config_from_values,
                                candidate_steps, check_resumable, list_steps, lists_to_tuples,
                                load_config, read_step_metrics, read_step_record, resolve_checkpoint,
                                save_config,
@@ -65,6 +66,7 @@ __all__ = [
     'LOCK_FILE', 'METRICS_FILE', 'STATE_ITEM', 'CheckpointError', 'DamagedStepError',
     'ParamsMismatchError', 'Preemption', 'PreemptionWatcher', 'WorkdirLockedError',
     'absolute_path', 'candidate_steps', 'check_resumable', 'check_saved_params_fit',
+    'config_from_values',
     'create_manager', 'failure_reason', 'list_steps', 'lists_to_tuples', 'load_config',
     'load_inference_checkpoint', 'quiet_library_logging', 'read_step_metrics',
     'resolve_checkpoint', 'restore', 'restore_newest_intact', 'restore_params', 'save',

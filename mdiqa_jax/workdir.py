@@ -77,11 +77,15 @@ def _read_config_values(workdir: str) -> Dict[str, Any]:
         '(python -m mdiqa_jax.train --workdir=...)?') from e
 
 
+def config_from_values(values: Dict[str, Any]) -> ml_collections.ConfigDict:
+  """A run config from its JSON values (config.json, a bundled model's record):
+  lists become tuples, older field names are translated (`config_base.upgrade`)."""
+  return ml_collections.ConfigDict(lists_to_tuples(config_base.upgrade(values)))
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """Reads <workdir>/config.json written by `save_config` (older field names
-  are translated, `config_base.upgrade`)."""
-  values = config_base.upgrade(_read_config_values(workdir))
-  return ml_collections.ConfigDict(lists_to_tuples(values))
+  """Reads <workdir>/config.json written by `save_config` (`config_from_values`)."""
+  return config_from_values(_read_config_values(workdir))
 
 
 def check_resumable(workdir: str) -> None:
