@@ -8,7 +8,7 @@ views, and at 256 / 128 / 64 views with full dose (per-view photons kept), two
 noise seeds each. I0 is set per slice (like automatic exposure control) so
 that the 100 % scan adds --target_noise_hu of noise in soft tissue. Each scan
 is written as a CT DICOM (int16, the source's PixelSpacing) into --work_dir
-and all are scored in one `python -m mdiqa_jax.predict --checkpoint=...` run,
+and all are scored in one `python -m mdiqa_jax.predict [--checkpoint=...]` run,
 exactly as a user would score them.
 
 Reports (printed, and written to --output as JSON):
@@ -33,6 +33,7 @@ mm): its zero-flow pixels read -1024 HU, air inside the head to a simulator,
 so its sparse-view scans streak more than the other slices'.
 
   PYTHONPATH=. .venv/bin/python bench/real_ct_transfer.py --checkpoint=runs/default
+  PYTHONPATH=. .venv/bin/python bench/real_ct_transfer.py      (the bundled model)
 """
 import dataclasses
 import functools
@@ -63,8 +64,8 @@ def _define_flags() -> dict:
   module beside others that define flags of the same names, e.g. --output)."""
   return {
       'checkpoint': flags.DEFINE_string(
-          'checkpoint', None, "Training workdir to score with (the README's main job: "
-          'runs/default).'),
+          'checkpoint', None, "Training workdir to score with, e.g. the README's main job's "
+          'runs/default (default: the model bundled with the package).'),
       'work_dir': flags.DEFINE_string(
           'work_dir', None, 'Folder for the degraded DICOMs and the predictions (default: a '
           'new temporary folder, kept).'),
@@ -184,12 +185,13 @@ def _file_name(slice_name: str, degradation: Degradation) -> str:
           f'_seed{degradation.seed}.dcm')
 
 
-def score_files(checkpoint: str, paths: Sequence[str], output_json: str,
+def score_files(checkpoint: Optional[str], paths: Sequence[str], output_json: str,
                 env: Optional[dict[str, str]] = None) -> dict[str, dict[str, float]]:
   """Scores files with the project's command line, `python -m mdiqa_jax.predict`.
 
   Args:
-    checkpoint: training workdir or step directory (--checkpoint).
+    checkpoint: training workdir or step directory (--checkpoint); None scores
+      with the bundled model.
     paths: DICOM files, one slice each.
     output_json: where predict writes its JSON (replaced if it exists).
     env: the command's environment (default: this process's).
@@ -200,8 +202,8 @@ def score_files(checkpoint: str, paths: Sequence[str], output_json: str,
   Raises:
     RuntimeError: predict failed, or did not return exactly one slice per file.
   """
-  command = [sys.executable, '-m', 'mdiqa_jax.predict', f'--checkpoint={checkpoint}',
-             *paths, f'--output={output_json}', '--overwrite', '--noprogress']
+  command = [sys.executable, '-m', 'mdiqa_jax.predict',
+             *([f'--checkpoint={checkpoint}'] if checkpoint else []), *paths, f'--output={output_json}', '--overwrite', '--noprogress']
   result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
   if result.returncode != 0:
     raise RuntimeError(f'mdiqa_jax.predict exited {result.returncode}:\n{result.stderr[-4000:]}')
@@ -380,12 +382,15 @@ def plot(summary: dict[str, Any], rows: Sequence[dict[str, Any]],
   print(f'Wrote {path}')
 
 
+def _bundled_sha256() -> str:
+  from mdiqa_jax.inference import bundled  # pylint: disable=g-import-not-at-top
+  return bundled.read_record()['sha256']
+
+
 def main(argv: Sequence[str], command_flags: dict) -> None:
   values = {name: holder.value for name, holder in command_flags.items()}
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not values['checkpoint']:
-    raise app.UsageError('--checkpoint is required (a training workdir).')
   start = time.perf_counter()
   work_dir = values['work_dir'] or tempfile.mkdtemp(prefix='real_ct_transfer_')
   os.makedirs(work_dir, exist_ok=True)
@@ -414,7 +419,8 @@ def main(argv: Sequence[str], command_flags: dict) -> None:
     result.update(info)
   bench_common.write_results(values['output'], dict(
       summary,
-      checkpoint=os.path.abspath(values['checkpoint']),
+      checkpoint=(os.path.abspath(values['checkpoint']) if values['checkpoint']
+                  else 'bundled:' + _bundled_sha256()),
       settings={'full_views': full_views, 'doses': list(DOSES),
                 'sparse_views': list(SPARSE_VIEWS), 'seeds': list(SEEDS),
                 'filter': values['filter'], 'target_noise_hu': values['target_noise_hu'],

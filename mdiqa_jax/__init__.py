@@ -8,8 +8,9 @@ __version__ = '0.1.0'
 
 # The API is imported on first use, so that `import mdiqa_jax.io` (or any
 # other subpackage) does not pull in the model and its dependencies.
-_LAZY = {'Scorer': 'mdiqa_jax.scorer', 'SliceScores': 'mdiqa_jax.scorer',
-         'ScorerInputError': 'mdiqa_jax.scorer'}
+_LAZY = {'Scorer': 'mdiqa_jax.inference.scorer',
+         'SliceScores': 'mdiqa_jax.inference.scorer',
+         'ScorerInputError': 'mdiqa_jax.inference.scorer'}
 
 
 def __getattr__(name):

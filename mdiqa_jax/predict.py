@@ -1,14 +1,24 @@
 r"""Scoring CT scans: a quality score and its uncertainty for every slice.
 
-  mdiqa-predict --checkpoint DIR INPUT... [--output FILE.csv|FILE.json]
+  mdiqa-predict [--checkpoint DIR] INPUT... [--output FILE.csv|FILE.json]
       [--heatmap DIR] [--overwrite] [--batch_size N] [--pixel_mm MM]
       [--intensity auto|hu|unit] [--window_width 350 --window_level 40]
+  mdiqa-predict [--checkpoint DIR] --compare BEFORE/ AFTER/
+      [--output FILE.csv|FILE.json] [--plot FILE.png]
   python -m mdiqa_jax.predict ...        (the same)
 
 INPUTs are files or folders of DICOM, TIFF, PNG or .npy files (`mdiqa_jax.io`:
 how each is read as HU or as windowed intensities, how folders and DICOM
 series are ordered). --checkpoint is a training workdir (its best checkpoint)
-or a step directory <workdir>/checkpoints/<step>.
+or a step directory <workdir>/checkpoints/<step>; without it the model
+bundled with the package is used (`inference.bundled`: the README's main
+job), and stderr says so.
+
+--compare scores two folders and pairs their files by relative path
+(`inference.compare`): one row per slice pair (score_before, score_after,
+change), the mean change, the fraction improved and a Wilcoxon p-value on
+stderr, and with --plot a scatter of after vs before and a histogram of the
+changes.
 
 Each slice is scored the way evaluation scores a dataset slice, whole and at
 native resolution (`inference.scoring`): HU are windowed to [0, 1]
@@ -67,6 +77,8 @@ from mdiqa_jax import command_errors
 from mdiqa_jax import files
 from mdiqa_jax import io as ct_io
 from mdiqa_jax.data import intensity as intensity_lib
+from mdiqa_jax.inference import bundled
+from mdiqa_jax.inference import compare
 from mdiqa_jax.inference import heatmaps
 from mdiqa_jax.inference import rows as rows_lib
 from mdiqa_jax.inference.checkpoint import CheckpointError, load_checkpoint
@@ -87,7 +99,7 @@ __all__ = ['CheckpointError', 'EXIT_FATAL', 'EXIT_SOME_FAILED', 'Options', 'Prep
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The command line of mdiqa-predict (flag help in `_define_flags`)."""
-  checkpoint: str
+  checkpoint: Optional[str]
   inputs: Sequence[str]
   output: Optional[str] = None
   heatmap: Optional[str] = None
@@ -98,6 +110,8 @@ class Options:
   window_width: float = intensity_lib.WINDOW_WIDTH_HU
   window_level: float = intensity_lib.WINDOW_LEVEL_HU
   progress: bool = True
+  compare: bool = False
+  plot: Optional[str] = None
 
 
 def _fatal(message: str) -> int:
@@ -116,6 +130,36 @@ def _check_destinations(options: Options) -> Optional[str]:
   if heatmap is not None and os.path.isdir(heatmap) and os.listdir(heatmap) and (
       not options.overwrite):
     return f'{heatmap}: heatmap folder is not empty; pass --overwrite to write into it.'
+  if options.plot is not None:
+    if not options.compare:
+      return '--plot draws the comparison of --compare BEFORE/ AFTER/; use --heatmap for slices.'
+    if os.path.exists(options.plot) and not options.overwrite:
+      return f'{options.plot}: already exists; pass --overwrite to replace it.'
+  return None
+
+
+def _load_model(checkpoint: Optional[str]):
+  """(config, params, source) of --checkpoint, or of the bundled model when None."""
+  if checkpoint is not None:
+    config, params = load_checkpoint(checkpoint)
+    return config, params, os.path.abspath(checkpoint)
+  config, params, record = bundled.load()
+  print(f'mdiqa-predict: no --checkpoint; using the bundled model (test SROCC '
+        f'{record["test_metrics"]["srocc"]:.3f} on {record["dataset"]["name"]}, sha256 '
+        f'{record["sha256"][:12]}...).', file=sys.stderr)
+  return config, params, 'bundled:' + record['sha256']
+
+
+def _write_output(output: Optional[str], text: str) -> Optional[int]:
+  """Writes `text` to the output file (atomically) or stdout; an exit status on failure."""
+  if output is None:
+    sys.stdout.write(text)
+    return None
+  try:
+    files.write_text_atomically(output, text)
+  except OSError as e:
+    reason = 'disk full' if command_errors.disk_full(e) else 'cannot write it'
+    return _fatal(f'{output}: {reason}: {e}')
   return None
 
 
@@ -125,12 +169,14 @@ def predict_command(options: Options) -> int:
   if problem:
     return _fatal(problem)
   try:
-    config, params = load_checkpoint(options.checkpoint)
+    config, params, source = _load_model(options.checkpoint)
     preprocessing = Preprocessing.from_config(
         config, window_width=options.window_width, window_level=options.window_level,
         assumed_pixel_mm=options.pixel_mm)
-  except (CheckpointError, ValueError) as e:
+  except (CheckpointError, bundled.BundledModelError, ValueError) as e:
     return _fatal(str(e))
+  if options.compare:
+    return _compare_command(options, config, params, preprocessing)
   heatmap_failures: List[ct_io.InputFileError] = []
   try:
     on_prediction = heatmaps.heatmap_writer(options.heatmap, options.inputs,
@@ -151,19 +197,14 @@ def predict_command(options: Options) -> int:
   output = options.output
   if output is not None and output.lower().endswith('.json'):
     settings = dict(dataclasses.asdict(preprocessing),
-                    checkpoint=os.path.abspath(options.checkpoint),
+                    checkpoint=source,
                     intensity=options.intensity, inputs=list(options.inputs))
     text = rows_lib.format_json(rows, failed, settings)
   else:
     text = rows_lib.format_csv(rows + failed)
-  if output is None:
-    sys.stdout.write(text)
-  else:
-    try:
-      files.write_text_atomically(output, text)
-    except OSError as e:
-      reason = 'disk full' if command_errors.disk_full(e) else 'cannot write it'
-      return _fatal(f'{output}: {reason}: {e}')
+  status = _write_output(output, text)
+  if status is not None:
+    return status
   for error in failures:
     print(f'mdiqa-predict: failed: {command_errors.one_line(error)}', file=sys.stderr)
   print(f'mdiqa-predict: scored {len(rows)} slices; {len(failures)} files failed'
@@ -171,12 +212,49 @@ def predict_command(options: Options) -> int:
   return EXIT_SOME_FAILED if failures else 0
 
 
+def _compare_command(options: Options, config, params, preprocessing: Preprocessing) -> int:
+  """--compare BEFORE/ AFTER/: paired scores, summary on stderr, optional plot."""
+  if len(options.inputs) != 2:
+    return _fatal(f'--compare takes two folders (before, after), got {len(options.inputs)} '
+                  'inputs.')
+  before, after = options.inputs
+
+  def score_paths(paths):
+    return predict_paths(config, params, paths, preprocessing=preprocessing,
+                         intensity=options.intensity, batch_size=options.batch_size,
+                         pixel_mm=options.pixel_mm, show_progress=options.progress)
+  try:
+    result = compare.compare_folders(before, after, score_paths)
+  except ct_io.InputFileError as e:
+    return _fatal(str(e))
+  failed = result.failures
+  if options.output is not None and options.output.lower().endswith('.json'):
+    text = rows_lib.format_json(result.rows, failed, dict(
+        summary=result.summary, before=before, after=after, only_before=result.only_before,
+        only_after=result.only_after))
+  else:
+    text = rows_lib.format_csv(result.rows + failed)
+  status = _write_output(options.output, text)
+  if status is not None:
+    return status
+  if options.plot and result.rows:
+    try:
+      compare.plot(result, options.plot, before, after)
+    except OSError as e:
+      return _fatal(f'{options.plot}: cannot write the plot: {e}')
+  for failure in failed:
+    print(f'mdiqa-predict: failed: {failure["file"]}: {failure["error"]}', file=sys.stderr)
+  print('mdiqa-predict: ' + compare.format_summary(result, before, after).replace(
+      '\n', '\nmdiqa-predict: '), file=sys.stderr)
+  return EXIT_SOME_FAILED if failed or not result.rows else 0
+
+
 def _define_flags() -> Dict[str, Any]:
   """Defines the flags when run as a command (importing predict defines none)."""
   return {
       'checkpoint': flags.DEFINE_string(
           'checkpoint', None, 'Training workdir (its best checkpoint) or a step directory '
-          '<workdir>/checkpoints/<step>.'),
+          '<workdir>/checkpoints/<step> (default: the model bundled with the package).'),
       'output': flags.DEFINE_string(
           'output', None, 'Output file, .csv or .json (default: CSV on stdout).'),
       'heatmap': flags.DEFINE_string(
@@ -201,13 +279,16 @@ def _define_flags() -> Dict[str, Any]:
       'window_level': flags.DEFINE_float(
           'window_level', intensity_lib.WINDOW_LEVEL_HU, 'Window level applied to HU, HU.'),
       'progress': flags.DEFINE_bool('progress', True, 'Show a progress bar on stderr.'),
+      'compare': flags.DEFINE_bool(
+          'compare', False, 'Score two folders BEFORE/ AFTER/ and report the change per '
+          'slice pair (files paired by relative path).'),
+      'plot': flags.DEFINE_string(
+          'plot', None, 'With --compare: PNG of score after vs before and of the changes.'),
   }
 
 
 def main(argv: Sequence[str], values: Dict[str, Any]) -> int:
   """The command, given its flag values; returns the exit status."""
-  if not values['checkpoint']:
-    raise app.UsageError('--checkpoint is required.')
   if len(argv) < 2:
     raise app.UsageError('Give at least one INPUT file or folder.')
   return predict_command(Options(inputs=list(argv[1:]), **values))

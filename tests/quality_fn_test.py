@@ -9,8 +9,9 @@ from pydicom.pixels import apply_rescale
 import pytest
 
 from mdiqa_jax import models
-from mdiqa_jax import quality_fn as quality_fn_lib
-from mdiqa_jax import slice_scoring
+from mdiqa_jax.inference import quality_fn as quality_fn_lib
+from mdiqa_jax.inference import scoring
+from mdiqa_jax.inference.preprocessing import Preprocessing
 from mdiqa_jax.data import intensity
 
 
@@ -24,7 +25,7 @@ def _ct_small():
 def tiny(tiny_checkpoint):
   config = tiny_checkpoint.config
   model = models.create_model(config)
-  preprocessing = slice_scoring.Preprocessing.from_config(config)
+  preprocessing = Preprocessing.from_config(config)
   return model, preprocessing, tiny_checkpoint.params
 
 
@@ -48,8 +49,8 @@ def test_quality_fn_agrees_with_the_exact_scoring_path(tiny, spacing):
   model, preprocessing, params = tiny
   hu, pixel_mm = _ct_small()
   pixel_mm = spacing or pixel_mm
-  exact = dict(slice_scoring.score_slices(
-      slice_scoring.make_tile_predict_fn(model), params,
+  exact = dict(scoring.score_slices(
+      scoring.make_tile_predict_fn(model), params,
       [(0, intensity.window_to_unit(hu), (pixel_mm, pixel_mm))], preprocessing,
       tile_batch=4))[0]['score']
   smooth = float(quality_fn_lib.make_quality_fn(model, preprocessing)(params, hu, pixel_mm))

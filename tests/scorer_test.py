@@ -9,9 +9,9 @@ from pydicom.pixels import apply_rescale
 import pytest
 from scipy import ndimage
 
-from mdiqa_jax import compare
-from mdiqa_jax import predict
-from mdiqa_jax import scorer as scorer_lib
+from mdiqa_jax.inference import compare
+from mdiqa_jax.inference import paths as paths_lib
+from mdiqa_jax.inference import scorer as scorer_lib
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +37,7 @@ def test_score_equals_what_predict_writes_for_the_same_slice(scorer, tmp_path):
   assert result.notes == [[]]
   # The command writes the same number.
   output = tmp_path / 'scores.csv'
-  predict_rows, failures = predict.predict_paths(scorer.config, scorer.params,
+  predict_rows, failures = paths_lib.predict_paths(scorer.config, scorer.params,
                                                  [get_testdata_file('CT_small.dcm')])
   assert not failures and abs(predict_rows[0]['score'] - result.scores[0]) < 1e-6
   del output
@@ -105,7 +105,7 @@ def test_compare_pairs_files_by_relative_path(scorer, tmp_path):
     np.save(smooth_dir / name, ndimage.gaussian_filter(noisy.astype(np.float32), 1.0)
             .astype(np.int16))
   np.save(noisy_dir / 'only_here.npy', hu.astype(np.int16))
-  score_paths = lambda paths: predict.predict_paths(scorer.config, scorer.params, paths)
+  score_paths = lambda paths: paths_lib.predict_paths(scorer.config, scorer.params, paths)
   result = compare.compare_folders(str(noisy_dir), str(smooth_dir), score_paths)
   assert [row['file'] for row in result.rows] == sorted(names)
   assert result.only_before == ['only_here.npy'] and result.only_after == []
@@ -127,7 +127,7 @@ def test_compare_needs_shared_files(scorer, tmp_path):
   hu, _ = _ct_small()
   np.save(tmp_path / 'a' / 'x.npy', hu.astype(np.int16))
   np.save(tmp_path / 'b' / 'y.npy', hu.astype(np.int16))
-  score_paths = lambda paths: predict.predict_paths(scorer.config, scorer.params, paths)
+  score_paths = lambda paths: paths_lib.predict_paths(scorer.config, scorer.params, paths)
   with pytest.raises(ValueError, match='same relative path'):
     compare.compare_folders(str(tmp_path / 'a'), str(tmp_path / 'b'), score_paths)
   with pytest.raises(ValueError, match='not a folder'):

@@ -13,6 +13,11 @@
   heatmaps.py       one PNG of patch scores and weights per slice
   export.py         jax.export of the model with its preprocessing spec
   load_exported.py  reloads an export with jax and numpy only (copied into it)
+  bundled.py        the model shipped in the package (mdiqa_jax/bundled/):
+                    load with its sha256 checked, write (mdiqa-bundle)
+  scorer.py         Scorer: the Python API (score HU arrays, score files)
+  quality_fn.py     the score as a pure, differentiable JAX function
+  compare.py        two folders scored side by side (mdiqa-predict --compare)
 Evaluation, mdiqa-predict, the pseudo-labels of semi-supervision, export and
 the benchmarks all go through these.
 """

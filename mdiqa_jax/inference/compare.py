@@ -49,7 +49,7 @@ def compare_folders(before: str, after: str, score_paths: ScorePaths) -> Compari
 
   Args:
     before, after: folders of input files (any format mdiqa-predict reads).
-    score_paths: paths -> (rows, failures) as `predict.predict_paths` returns.
+    score_paths: paths -> (rows, failures) as `inference.paths.predict_paths` returns.
 
   Raises:
     InputFileError: a folder is missing, or the folders share no file.

@@ -10,9 +10,9 @@
   jax.grad(lambda x: quality(scorer.params, x, 0.74).sum())(hu)
 
 `score` and `score_files` go through the one whole-slice scoring path
-(`slice_scoring.score_slices`, the same as mdiqa-predict and evaluation), so
+(`inference.scoring.score_slices`, the same as mdiqa-predict and evaluation), so
 the same slice gets the same score from the command line and from Python.
-`quality_fn` is its smooth, differentiable twin (`quality_fn.py`).
+`quality_fn` is its smooth, differentiable twin (`inference/quality_fn.py`).
 """
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -21,12 +21,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from mdiqa_jax import bundled_model
+from mdiqa_jax import command_errors
 from mdiqa_jax import models
-from mdiqa_jax import predict
-from mdiqa_jax import quality_fn as quality_fn_lib
-from mdiqa_jax import slice_scoring
 from mdiqa_jax.data import intensity as intensity_lib
+from mdiqa_jax.inference import bundled
+from mdiqa_jax.inference import checkpoint
+from mdiqa_jax.inference import paths as paths_lib
+from mdiqa_jax.inference import quality_fn as quality_fn_lib
+from mdiqa_jax.inference import rows as rows_lib
+from mdiqa_jax.inference import scoring
+from mdiqa_jax.inference.preprocessing import Preprocessing
 from mdiqa_jax.io import slices as slices_lib
 
 # Fewest HU a CT slice of a patient spans: air or lung (< -500 HU) and soft
@@ -35,7 +39,7 @@ from mdiqa_jax.io import slices as slices_lib
 _MIN_HU_SPAN = 300.0
 
 
-class ScorerInputError(ValueError):
+class ScorerInputError(command_errors.UserError, ValueError):
   """An array cannot be scored as CT slices in HU (shape, dtype, values, spacing)."""
 
 
@@ -129,8 +133,8 @@ class Scorer:
 
   def __post_init__(self):
     self.model = models.create_model(self.config)
-    self.preprocessing = slice_scoring.Preprocessing.from_config(self.config)
-    self._predict_fn = slice_scoring.make_tile_predict_fn(self.model)
+    self.preprocessing = Preprocessing.from_config(self.config)
+    self._predict_fn = scoring.make_tile_predict_fn(self.model)
     self.quality_fn = quality_fn_lib.make_quality_fn(self.model, self.preprocessing)
 
   @classmethod
@@ -138,12 +142,12 @@ class Scorer:
     """The bundled model (path None) or a training workdir / step directory.
 
     Raises:
-      bundled_model.BundledModelError or predict.CheckpointError, naming the file.
+      bundled.BundledModelError or checkpoint.CheckpointError, naming the file.
     """
     if path is None:
-      config, params, record = bundled_model.load()
+      config, params, record = bundled.load()
       return cls(config, params, 'bundled', record)
-    config, params = predict.load_checkpoint(path)
+    config, params = checkpoint.load_checkpoint(path)
     return cls(config, jax.device_get(params), path)
 
   @property
@@ -173,7 +177,7 @@ class Scorer:
     unit = intensity_lib.window_to_unit(images, self.preprocessing.window_width,
                                         self.preprocessing.window_level)
     items = ((index, image, spacing) for index, image in enumerate(unit))
-    scored = dict(slice_scoring.score_slices(
+    scored = dict(scoring.score_slices(
         self._predict_fn, self.params, items, self.preprocessing,
         tile_batch=batch_size or int(self.config.eval_batch_size), with_maps=True))
     predictions = [scored[index] for index in range(len(images))]
@@ -194,7 +198,7 @@ class Scorer:
     a file that cannot be scored is a row with its 'error' (and no score)."""
     if isinstance(paths, str):
       paths = [paths]
-    rows, failures = predict.predict_paths(
+    rows, failures = paths_lib.predict_paths(
         self.config, self.params, paths, intensity=intensity, batch_size=batch_size,
         pixel_mm=pixel_mm, predict_fn=self._predict_fn)
-    return rows + [predict.failure_row(error) for error in failures]
+    return rows + [rows_lib.failure_row(error) for error in failures]

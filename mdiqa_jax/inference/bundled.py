@@ -14,7 +14,7 @@ a `BundledModelError` naming the file. `mdiqa-predict` without --checkpoint and
   mdiqa-train --config=configs/default.py --workdir=runs/default
   python bench/real_ct_transfer.py --checkpoint=runs/default     (optional)
   mdiqa-bundle --workdir=runs/default \
-      [--transfer=bench/results/real_ct_transfer.json]
+      [--transfer=bench/results/real_ct_transfer.json]      (mdiqa_jax/bundle.py)
 
 Nothing here touches the network.
 """
@@ -24,30 +24,29 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from absl import app
-from absl import flags
 from flax import serialization
 import jax
 import ml_collections
 import numpy as np
 
-from mdiqa_jax import checkpointing
 from mdiqa_jax import command_errors
 from mdiqa_jax import files
 from mdiqa_jax import models
 from mdiqa_jax import train_step
+from mdiqa_jax import workdir as workdir_lib
+from mdiqa_jax.inference import checkpoint
 
-BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bundled')
+BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'bundled')
 PARAMS_FILE = 'default_model.msgpack'
 RECORD_FILE = 'default_model.json'
 # The wheel must stay small; a bundled model larger than this is refused.
 MAX_PARAMS_BYTES = 20 * 2**20
 
 
-class BundledModelError(ValueError):
+class BundledModelError(command_errors.UserError, ValueError):
   """The bundled model is missing, altered, or does not fit its config."""
 
 
@@ -96,7 +95,7 @@ def load(directory: str = BUNDLED_DIR) -> Tuple[ml_collections.ConfigDict, Any,
   if digest != record.get('sha256'):
     raise BundledModelError(f'{path}: sha256 {digest} differs from the recorded '
                             f'{record.get("sha256")}; the file was altered or truncated.')
-  config = checkpointing.config_from_values(record['config'])
+  config = workdir_lib.config_from_values(record['config'])
   shapes = _model_shapes(config)
   with open(path, 'rb') as f:
     state = serialization.msgpack_restore(f.read())
@@ -154,7 +153,7 @@ def write(workdir: str, *, transfer: Optional[str] = None,
   Returns:
     the record written.
   """
-  loaded = checkpointing.load_inference_checkpoint(workdir)
+  loaded = checkpoint.load_inference_checkpoint(workdir)
   metrics = _read_json(os.path.join(workdir, 'eval_test', 'metrics.json'), 'test metrics')
   payload = serialization.msgpack_serialize(
       jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), loaded.params))
@@ -190,41 +189,3 @@ def write(workdir: str, *, transfer: Optional[str] = None,
       f.write(payload)
   files.write_json_atomically(os.path.join(directory, RECORD_FILE), record)
   return record
-
-
-def _define_flags() -> Dict[str, Any]:
-  return {
-      'workdir': flags.DEFINE_string('workdir', None, 'Finished training workdir to bundle.'),
-      'transfer': flags.DEFINE_string(
-          'transfer', None, "bench/real_ct_transfer.py's JSON for that workdir's model."),
-      'output_dir': flags.DEFINE_string('output_dir', BUNDLED_DIR,
-                                        'Where to write the bundle (default: the package).'),
-  }
-
-
-def run() -> None:
-  """Console entry point: mdiqa-bundle --workdir=runs/default [--transfer=...]."""
-  holders = _define_flags()
-
-  def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    if not holders['workdir'].value:
-      raise app.UsageError('--workdir is required.')
-    checkpointing.quiet_library_logging()
-    try:
-      record = write(holders['workdir'].value, transfer=holders['transfer'].value,
-                     directory=holders['output_dir'].value)
-    except (BundledModelError, FileNotFoundError, checkpointing.CheckpointError) as e:
-      print(f'mdiqa-bundle: {command_errors.one_line(e)}', file=sys.stderr)
-      return 1
-    print(f'mdiqa-bundle: wrote {holders["output_dir"].value} '
-          f'({record["params_bytes"] / 2**20:.2f} MiB, sha256 {record["sha256"][:12]}..., '
-          f'test SROCC {record["test_metrics"].get("srocc", float("nan")):.4f})')
-    return 0
-
-  app.run(main)
-
-
-if __name__ == '__main__':
-  run()

@@ -6,7 +6,7 @@
 
 with hu_images (N, H, W) (or (H, W)) in Hounsfield units and pixel_mm a Python
 float (static: it fixes the resampled shape), scores (N,) float32 on the
-model's 0..4 scale. It follows `slice_scoring` step by step (window, spacing
+model's 0..4 scale. It follows `inference.scoring` step by step (window, spacing
 rule, native tiles, patch weights x body fraction, pooled score
 distributions), with the three steps that are piecewise constant there made
 smooth so that d score / d image is defined and informative everywhere:
@@ -93,7 +93,7 @@ def make_quality_fn(model, preprocessing) -> QualityFn:
 
   Args:
     model: the flax module (`models.create_model(config)`).
-    preprocessing: `slice_scoring.Preprocessing` of the run.
+    preprocessing: `inference.preprocessing.Preprocessing` of the run.
 
   Returns:
     quality_fn(params, hu_images, pixel_mm) -> (N,) scores ((), for one
