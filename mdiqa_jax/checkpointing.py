@@ -341,12 +341,14 @@ def check_saved_params_fit(step_dir: epath.PathLike, key: str, expected: Any) ->
                 for name, shape in model_shapes.items()
                 if name in saved_shapes and saved_shapes[name] != shape]
   if missing:
-    problems.append(f'missing from the checkpoint ({len(missing)}): {command_errors.listing(sorted(missing), _MAX_LISTED_NAMES)}')
+    problems.append(f'missing from the checkpoint ({len(missing)}): '
+                    f'{command_errors.listing(sorted(missing), _MAX_LISTED_NAMES)}')
   if unexpected:
     problems.append(f'in the checkpoint but not in the model ({len(unexpected)}): '
                     f'{command_errors.listing(sorted(unexpected), _MAX_LISTED_NAMES)}')
   if mismatched:
-    problems.append(f'shape mismatches ({len(mismatched)}): {command_errors.listing(sorted(mismatched), _MAX_LISTED_NAMES)}')
+    problems.append(f'shape mismatches ({len(mismatched)}): '
+                    f'{command_errors.listing(sorted(mismatched), _MAX_LISTED_NAMES)}')
   if problems:
     raise ParamsMismatchError(f'{step_dir}: the saved {key} do not fit the model of the run config: '
                      + '; '.join(problems) + '. (Was config.model changed after training? '

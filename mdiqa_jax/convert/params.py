@@ -95,7 +95,8 @@ def merge(init_params, checkpoint: dict[str, np.ndarray], *, source: str,
   unexpected = sorted(k for k in checkpoint if k not in init_flat)
   problems = []
   if missing:
-    problems.append(f'missing from the checkpoint ({len(missing)}): {command_errors.listing(missing, _MAX_LISTED_KEYS)}')
+    problems.append(f'missing from the checkpoint ({len(missing)}): '
+                    f'{command_errors.listing(missing, _MAX_LISTED_KEYS)}')
   if unexpected:
     problems.append(f'in the checkpoint but not in the model ({len(unexpected)}): '
                     f'{command_errors.listing(unexpected, _MAX_LISTED_KEYS)}')
@@ -123,7 +124,8 @@ def merge(init_params, checkpoint: dict[str, np.ndarray], *, source: str,
       getattr(report, category).append(f'{key}: {note}')
     merged[key] = np.asarray(array, dtype=init_value.dtype)
   if mismatched:
-    problems.append(f'shape mismatches ({len(mismatched)}): {command_errors.listing(mismatched, _MAX_LISTED_KEYS)}')
+    problems.append(f'shape mismatches ({len(mismatched)}): '
+                    f'{command_errors.listing(mismatched, _MAX_LISTED_KEYS)}')
   if problems:
     raise ValueError(f'Cannot load {source} onto the model: ' + '; '.join(problems) +
                      '. (Wrong model family or preset? Use dont_load to keep chosen '

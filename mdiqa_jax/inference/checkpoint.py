@@ -78,12 +78,13 @@ def load_inference_checkpoint(path: str) -> InferenceCheckpoint:
     if not os.path.isdir(step_dir):
       raise FileNotFoundError(f'{step_dir}: no such checkpoint step.')
     try:
-      return InferenceCheckpoint(config, checkpointing.restore_params(step_dir, key, abstract), workdir,
-                                 step)
+      params = checkpointing.restore_params(step_dir, key, abstract)
+      return InferenceCheckpoint(config, params, workdir, step)
     except checkpointing.ParamsMismatchError:
       raise
     except Exception as e:  # Orbax and TensorStore raise many types.
-      raise checkpointing.DamagedStepError(step_dir, checkpointing.failure_reason(step_dir, e)) from e
+      raise checkpointing.DamagedStepError(
+          step_dir, checkpointing.failure_reason(step_dir, e)) from e
   steps, damaged = checkpointing.candidate_steps(workdir)
   skipped = [f'step {s}: {reason}' for s, reason in sorted(damaged.items(), reverse=True)]
   for candidate in steps:
@@ -100,7 +101,8 @@ def load_inference_checkpoint(path: str) -> InferenceCheckpoint:
     return InferenceCheckpoint(config, params, workdir, candidate, tuple(skipped))
   if not skipped:
     raise FileNotFoundError(f'{workdir}: the workdir holds no complete checkpoint.')
-  raise checkpointing.CheckpointError(f'{workdir}: no checkpoint step restores: ' + '; '.join(skipped) + '.')
+  raise checkpointing.CheckpointError(
+      f'{workdir}: no checkpoint step restores: ' + '; '.join(skipped) + '.')
 
 
 def load_checkpoint(path: str) -> Tuple[ml_collections.ConfigDict, Any]:
