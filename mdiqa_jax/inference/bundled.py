@@ -12,9 +12,10 @@ a `BundledModelError` naming the file. `mdiqa-predict` without --checkpoint and
 `mdiqa_jax.Scorer.load()` use it. Regenerate it from a finished main job:
 
   mdiqa-train --config=configs/default.py --workdir=runs/default
-  python bench/real_ct_transfer.py --checkpoint=runs/default     (optional)
+  mdiqa-bundle --workdir=runs/default                       (mdiqa_jax/bundle.py)
+  PYTHONPATH=. python bench/real_ct_transfer.py             (on the bundled file)
   mdiqa-bundle --workdir=runs/default \
-      [--transfer=bench/results/real_ct_transfer.json]      (mdiqa_jax/bundle.py)
+      --transfer=bench/results/real_ct_transfer.json        (records its numbers)
 
 Nothing here touches the network.
 """
@@ -147,7 +148,8 @@ def write(workdir: str, *, transfer: Optional[str] = None,
   Args:
     workdir: a finished training workdir with eval_test/metrics.json.
     transfer: bench/real_ct_transfer.py's JSON for this workdir's model
-      (its 'checkpoint' must name `workdir`), recorded when given.
+      (its 'checkpoint' must name `workdir`, or 'bundled:<sha256>' of the very
+      parameters written), recorded when given.
     directory: where to write PARAMS_FILE and RECORD_FILE.
 
   Returns:
@@ -174,9 +176,12 @@ def write(workdir: str, *, transfer: Optional[str] = None,
   }
   if transfer:
     numbers = _read_json(transfer, 'real-CT transfer results')
-    if os.path.realpath(numbers.get('checkpoint', '')) != os.path.realpath(workdir):
-      raise BundledModelError(f'{transfer}: measured on {numbers.get("checkpoint")!r}, '
-                              f'not on {workdir!r}; rerun bench/real_ct_transfer.py.')
+    measured_on = str(numbers.get('checkpoint', ''))
+    if (measured_on != 'bundled:' + record['sha256']
+        and os.path.realpath(measured_on) != os.path.realpath(workdir)):
+      raise BundledModelError(f'{transfer}: measured on {measured_on!r}, neither on '
+                              f'{workdir!r} nor on these parameters bundled; rerun '
+                              'bench/real_ct_transfer.py.')
     record['real_ct_transfer'] = {
         key: numbers[key] for key in ('pooled_spearman_dose', 'pooled_spearman_views',
                                       'mean_slice_spearman_dose', 'mean_slice_spearman_views')}
