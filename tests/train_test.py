@@ -7,7 +7,6 @@ import sys
 import jax
 import numpy as np
 
-from mdiqa_jax import checkpointing
 from mdiqa_jax import losses
 from mdiqa_jax import models
 from mdiqa_jax import optim
