@@ -130,6 +130,8 @@ def _check_destinations(options: Options) -> Optional[str]:
   if heatmap is not None and os.path.isdir(heatmap) and os.listdir(heatmap) and (
       not options.overwrite):
     return f'{heatmap}: heatmap folder is not empty; pass --overwrite to write into it.'
+  if options.compare and heatmap is not None:
+    return '--heatmap draws single slices; with --compare, use --plot for the comparison.'
   if options.plot is not None:
     if not options.compare:
       return '--plot draws the comparison of --compare BEFORE/ AFTER/; use --heatmap for slices.'

@@ -125,3 +125,7 @@ def test_mdiqa_predict_compare_reports_the_change_between_two_folders(tmp_path):
   assert plot.stat().st_size > 1000
   refused = _run_predict('--compare', str(tmp_path / 'noisy'), f'--plot={tmp_path / "other.png"}')
   assert refused.returncode == 1 and 'two folders' in refused.stderr
+  refused = _run_predict('--compare', str(tmp_path / 'noisy'), str(tmp_path / 'denoised'),
+                         f'--heatmap={tmp_path / "maps"}')
+  assert refused.returncode == 1 and '--heatmap' in refused.stderr
+  assert not (tmp_path / 'maps').exists()
