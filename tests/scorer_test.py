@@ -69,12 +69,17 @@ def test_score_takes_stacks_and_notes_assumed_and_resampled_spacings(scorer):
     (np.random.default_rng(0).random((64, 64)), 'windowed or normalised'),
     (np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8),
      'windowed or normalised'),
-    (np.random.default_rng(0).integers(0, 2000, (64, 64)).astype(np.uint16),
-     'RescaleIntercept'),
 ])
 def test_score_rejects_what_cannot_be_hu(scorer, bad, message):
   with pytest.raises(scorer_lib.ScorerInputError, match=message):
     scorer.score(bad, pixel_mm=0.7)
+
+
+def test_score_warns_about_stored_values_without_the_intercept(scorer):
+  hu, pixel_mm = _ct_small()
+  with pytest.warns(scorer_lib.SuspiciousHUWarning, match='RescaleIntercept'):
+    stored = scorer.score(hu + 1024.0, pixel_mm=pixel_mm)
+  assert stored.scores.shape == (1,)
 
 
 def test_score_names_the_first_nan(scorer):

@@ -63,8 +63,7 @@ def read_record(directory: str = BUNDLED_DIR) -> Dict[str, Any]:
   """The bundled model's JSON record (see the module docstring)."""
   path = os.path.join(directory, RECORD_FILE)
   try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return files.read_json(path)
   except FileNotFoundError:
     raise BundledModelError(
         f'{path}: no bundled model in this installation; pass --checkpoint=<workdir> '
@@ -135,8 +134,7 @@ def _dataset_record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 def _read_json(path: str, what: str) -> Dict[str, Any]:
   try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return files.read_json(path)
   except (OSError, json.JSONDecodeError) as e:
     raise BundledModelError(f'{path}: cannot read the {what} ({e}).') from e
 
@@ -168,6 +166,7 @@ def write(workdir: str, *, transfer: Optional[str] = None,
       'params_bytes': len(payload),
       'num_params': int(sum(np.size(x) for x in jax.tree_util.tree_leaves(loaded.params))),
       'dataset': _dataset_record(loaded.config),
+      # The checkout the workdir lives in (the README's runs/default), else this package's.
       'trained_by_commit': _git_commit(workdir) or _git_commit(os.path.dirname(__file__)),
       'checkpoint_step': loaded.step,
       'created_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

@@ -15,6 +15,7 @@ the same slice gets the same score from the command line and from Python.
 `quality_fn` is its smooth, differentiable twin (`inference/quality_fn.py`).
 """
 import dataclasses
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -41,6 +42,10 @@ _MIN_HU_SPAN = 300.0
 
 class ScorerInputError(command_errors.UserError, ValueError):
   """An array cannot be scored as CT slices in HU (shape, dtype, values, spacing)."""
+
+
+class SuspiciousHUWarning(UserWarning):
+  """Values that are valid numbers but unlikely HU (no air, nothing below 0)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +114,13 @@ def check_hu_slices(hu: Any) -> np.ndarray:
           'windowed or normalised. Pass HU (DICOM: stored value x RescaleSlope + '
           'RescaleIntercept), or score files with score_files().')
     if low >= 0.0 and high > 1000.0:
-      raise ScorerInputError(
-          f'slice {index}: values span [{low:g}, {high:g}] with nothing below 0: these look '
-          'like stored CT numbers without the RescaleIntercept (air would be -1000 HU, '
-          'not 0); pass stored value x RescaleSlope + RescaleIntercept.')
+      # Legitimate for a few maps stored as CT (a perfusion map reads 0..1100),
+      # so a warning, not an error.
+      warnings.warn(
+          f'slice {index}: values span [{low:g}, {high:g}] with nothing below 0: if these '
+          'are stored CT numbers without the RescaleIntercept (air would be -1000 HU, not '
+          '0), pass stored value x RescaleSlope + RescaleIntercept.', SuspiciousHUWarning,
+          stacklevel=3)
   return array
 
 
