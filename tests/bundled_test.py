@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
@@ -40,7 +41,7 @@ def test_the_shipped_parameters_match_their_recorded_checksum_and_size():
 
 def test_the_bundled_model_loads_into_the_model_of_its_config():
   config, params, record = bundled_model.load()
-  leaves = [np.asarray(x) for x in __import__('jax').tree_util.tree_leaves(params)]
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
   assert sum(x.size for x in leaves) == record['num_params']
   assert all(x.dtype == np.float32 and np.all(np.isfinite(x)) for x in leaves)
   assert config.data.image_size == record['config']['data']['image_size']
