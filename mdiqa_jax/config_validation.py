@@ -11,7 +11,6 @@ its value and what was expected, e.g.
 The training job calls both before it creates the workdir (`train.py`); the
 commands print the message as their one-line error (`command_errors`).
 """
-import functools
 import math
 import numbers
 import re
@@ -280,8 +279,7 @@ def _check_model_builds(check: _Checker, config: ml_collections.ConfigDict) -> N
   size = int(config.data.image_size)
   try:
     model = models.create_model(config)
-    shapes = jax.eval_shape(functools.partial(train_step.init_params, model,
-                                              image_size=size), jax.random.PRNGKey(0))
+    shapes = train_step.param_shapes(model, size)
     images = jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32)
     outputs = jax.eval_shape(lambda p, x: model.apply({'params': p}, x), shapes, images)
   except Exception as e:  # Flax, JAX and the builders raise many types.

@@ -67,6 +67,12 @@ def init_params(model, rng: jax.Array, image_size: int) -> Any:
   return variables['params']
 
 
+def param_shapes(model, image_size: int) -> Any:
+  """The jax.ShapeDtypeStruct tree of `init_params` (traced, nothing computed)."""
+  return jax.eval_shape(functools.partial(init_params, model, image_size=image_size),
+                        jax.random.PRNGKey(0))
+
+
 def create_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array,
                        use_ema: bool) -> TrainState:
   """Step-0 state: fresh optimiser state, EMA (if used) starting at params."""

@@ -140,17 +140,27 @@ def fit_spacing(image: np.ndarray, pixel_mm: tuple[float, float],
   rows_mm, cols_mm = (float(v) for v in pixel_mm)
   if not (rows_mm > 0 and cols_mm > 0 and math.isfinite(rows_mm) and math.isfinite(cols_mm)):
     raise ValueError(f'pixel spacing must be positive and finite, got {pixel_mm} mm.')
-  target = (min(max(rows_mm, low), high), min(max(cols_mm, low), high))
-  if all(abs(t - s) <= SPACING_TOLERANCE * s for t, s in zip(target, (rows_mm, cols_mm))):
+  shape = fitted_shape(image.shape, (rows_mm, cols_mm), (low, high))
+  if shape is None:
     return image, (rows_mm, cols_mm), None
   height, width = image.shape
-  shape = (max(1, round(height * rows_mm / target[0])), max(1, round(width * cols_mm / target[1])))
   resampled = resample_band_limited(image, shape)
   spacing = (height * rows_mm / shape[0], width * cols_mm / shape[1])
   note = (f'resampled from {_format_spacing((rows_mm, cols_mm))} to '
           f'{_format_spacing(spacing)} pixels (the model was trained on '
           f'{low:.3g}-{high:.3g} mm)')
   return np.clip(resampled, 0.0, 1.0), spacing, note
+
+
+def fitted_shape(shape: tuple[int, int], pixel_mm: tuple[float, float],
+                 pixel_mm_range: tuple[float, float]) -> Optional[tuple[int, int]]:
+  """(h, w) that `fit_spacing` resamples a (H, W) slice to, or None when both
+  spacings lie in the range (within SPACING_TOLERANCE) and it is left as it is."""
+  low, high = pixel_mm_range
+  target = [min(max(mm, low), high) for mm in pixel_mm]
+  if all(abs(t - mm) <= SPACING_TOLERANCE * mm for t, mm in zip(target, pixel_mm)):
+    return None
+  return tuple(max(1, round(side * mm / t)) for side, mm, t in zip(shape, pixel_mm, target))
 
 
 def resample_band_limited(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

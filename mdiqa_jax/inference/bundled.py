@@ -72,13 +72,6 @@ def read_record(directory: str = BUNDLED_DIR) -> Dict[str, Any]:
     raise BundledModelError(f'{path}: cannot read the bundled model record ({e}).') from e
 
 
-def _model_shapes(config: ml_collections.ConfigDict) -> Any:
-  model = models.create_model(config)
-  return jax.eval_shape(
-      functools.partial(train_step.init_params, model, image_size=config.data.image_size),
-      jax.random.PRNGKey(0))
-
-
 def load(directory: str = BUNDLED_DIR) -> Tuple[ml_collections.ConfigDict, Any,
                                                  Dict[str, Any]]:
   """(config, params, record) of the bundled model, its checksum verified.
@@ -96,7 +89,7 @@ def load(directory: str = BUNDLED_DIR) -> Tuple[ml_collections.ConfigDict, Any,
     raise BundledModelError(f'{path}: sha256 {digest} differs from the recorded '
                             f'{record.get("sha256")}; the file was altered or truncated.')
   config = workdir_lib.config_from_values(record['config'])
-  shapes = _model_shapes(config)
+  shapes = train_step.param_shapes(models.create_model(config), config.data.image_size)
   with open(path, 'rb') as f:
     state = serialization.msgpack_restore(f.read())
   try:

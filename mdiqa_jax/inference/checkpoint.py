@@ -10,7 +10,6 @@ parameters are read (EMA parameters when the run kept an EMA), verified against
 the step's checksums (`training.checkpoints`).
 """
 import dataclasses
-import functools
 import os
 from typing import Any, Tuple
 
@@ -67,9 +66,7 @@ def load_inference_checkpoint(path: str) -> InferenceCheckpoint:
   config = checkpointing.load_config(workdir)
   key = 'ema_params' if config.optim.ema_decay else 'params'
   model = models.create_model(config)
-  shapes = jax.eval_shape(
-      functools.partial(train_step.init_params, model, image_size=config.data.image_size),
-      jax.random.PRNGKey(0))
+  shapes = train_step.param_shapes(model, config.data.image_size)
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = {key: jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)}

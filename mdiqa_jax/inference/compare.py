@@ -22,6 +22,7 @@ from scipy import stats
 
 from mdiqa_jax import files
 from mdiqa_jax import io as ct_io
+from mdiqa_jax.inference import rows as rows_lib
 
 ScorePaths = Callable[[Sequence[str]], Tuple[List[Dict[str, Any]], List[Any]]]
 
@@ -61,10 +62,10 @@ def compare_folders(before: str, after: str, score_paths: ScorePaths) -> Compari
     raise ct_io.InputFileError(after, f'no file has the same relative path as one in '
                                f'{before} (files are paired by path within the folders).')
   scored = {}
-  failures = [{'file': e.path, 'error': e.reason} for e in before_failures + after_failures]
+  failures = [rows_lib.failure_row(e) for e in before_failures + after_failures]
   for side, paths in (('before', before_files), ('after', after_files)):
     rows, side_failures = score_paths([paths[name] for name in shared])
-    failures += [{'file': e.path, 'error': e.reason} for e in side_failures]
+    failures += [rows_lib.failure_row(e) for e in side_failures]
     by_path = {path: name for name, path in paths.items()}
     for row in rows:
       scored[(side, by_path.get(row['file'], row['file']), row['slice'])] = row

@@ -78,16 +78,6 @@ def _smooth_body(images: jax.Array) -> jax.Array:
   return jax.nn.sigmoid((mean - preprocess.BODY_THRESHOLD) / BODY_SOFTNESS)
 
 
-def scored_shape(shape: tuple[int, int], pixel_mm: float,
-                 pixel_mm_range: tuple[float, float]) -> tuple[tuple[int, int], float]:
-  """((h, w), spacing) a (H, W) slice at `pixel_mm` is scored at (`fit_spacing`)."""
-  low, high = pixel_mm_range
-  target = min(max(float(pixel_mm), low), high)
-  if abs(target - pixel_mm) <= preprocess.SPACING_TOLERANCE * pixel_mm:
-    return tuple(shape), float(pixel_mm)
-  return tuple(max(1, round(side * pixel_mm / target)) for side in shape), target
-
-
 def make_quality_fn(model, preprocessing) -> QualityFn:
   """The model's score as a differentiable function (module docstring).
 
@@ -116,8 +106,11 @@ def make_quality_fn(model, preprocessing) -> QualityFn:
       raise ValueError(f'quality_fn: pixel_mm must be a positive Python number (static '
                        f'under jit), got {pixel_mm!r}.')
     images = soft_clip((hu_images - floor) / preprocessing.window_width, sharpness)
-    shape, _ = scored_shape(hu_images.shape[1:], pixel_mm, preprocessing.pixel_mm_range)
-    if shape != hu_images.shape[1:]:
+    shape = preprocess.fitted_shape(hu_images.shape[1:], (float(pixel_mm),) * 2,
+                                    preprocessing.pixel_mm_range)
+    if shape is None:
+      shape = hu_images.shape[1:]
+    else:
       images = jnp.clip(_resample(images, shape), 0.0, 1.0)
     height, width = max(shape[0], tile), max(shape[1], tile)
     images = jnp.pad(images, ((0, 0), (0, height - shape[0]), (0, width - shape[1])))
