@@ -46,7 +46,7 @@ def test_importing_the_package_registers_both_configs(tmp_path):
   assert clinical.info.features['rater_scores'].shape == (
       synthetic.CLINICAL_SPEC.num_raters,)
   assert clinical.builder_config.spec == synthetic.CLINICAL_SPEC
-  assert str(clinical.info.version) == '2.1.0'
+  assert str(clinical.info.version) == '2.2.0'
   default = tfds.builder('ldct_iqa_synthetic', data_dir=str(tmp_path))
   assert default.builder_config.name == 'clinical'
   challenge = tfds.builder('ldct_iqa_synthetic/challenge', data_dir=str(tmp_path))

@@ -1,11 +1,14 @@
 """Tests of the synthetic dataset API (synthetic.py): labels, determinism, splits."""
 import dataclasses
+import zlib
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from mdiqa_jax.data import acquisition
+from mdiqa_jax.data import phantoms
+from mdiqa_jax.data import raters
 from mdiqa_jax.data import synthetic
 
 # A quick 64-px dataset (coarse pixels, so the phantom fits) for format and
@@ -126,8 +129,9 @@ def test_generation_is_deterministic_and_splits_are_patient_disjoint():
 
 
 def test_labels_fall_monotonically_with_dose_and_views():
-  """Clinical spec, adult-sized patients, cosine kernel at 2 mm (full-dose
-  noise above the raters' 'excellent' level, so that every dose step counts),
+  """Clinical spec, adult-sized abdomens, cosine kernel at 2 mm (full-dose
+  noise above the raters' 'excellent' level, so that every dose step counts;
+  a chest has about half an abdomen's noise, excellent at the top doses),
   mean label per grid cell over 6 slices: Spearman with dose (at full views) and with views (at
   full dose) is exactly 1; every label is the mean of integer rater scores
   in 0..4."""
@@ -140,7 +144,8 @@ def test_labels_fall_monotonically_with_dose_and_views():
   degradations = tuple(synthetic.Degradation(dose, views, 'cosine', 2.0)
                        for dose, views in cells)
   scores = []
-  adults = [i for i in range(20) if synthetic.patient_scale(spec, 'validation', i) == 1.0]
+  adults = [i for i in range(30) if synthetic.patient_scale(spec, 'validation', i) == 1.0
+            and not synthetic.is_thorax(spec, 'validation', i)]
   for patient in adults[:6]:
     scans = synthetic.simulate_scans(spec, 'validation', patient, patient % 2,
                                      degradations, panel)
@@ -177,7 +182,65 @@ def test_bad_requests_name_the_problem():
       'slice_thicknesses_mm': {'slice_thicknesses_mm': (0.0,)},
       'pixel_mm_range': {'pixel_mm_range': (0.9, 0.6)},
       'field_of_view_margin': {'field_of_view_margin': (0.0, 1.0)},
+      'thorax_fraction': {'thorax_fraction': 1.5},
   }
   for field, change in bad_fields.items():
     with pytest.raises(ValueError, match=field):
       dataclasses.replace(TINY_SPEC, **change)
+
+
+def test_thorax_draws_are_deterministic_at_the_set_fraction():
+  """Over 400 patients the chests are within 3 binomial standard errors of
+  thorax_fraction; the draw is a function of (seed, split, index)."""
+  def chests(spec, split='train'):
+    return [synthetic.is_thorax(spec, split, index) for index in range(400)]
+
+  drawn = chests(CLINICAL)
+  assert drawn == chests(CLINICAL)
+  assert drawn != chests(CLINICAL, 'test')
+  assert drawn != chests(dataclasses.replace(CLINICAL, seed=1))
+  fraction = CLINICAL.thorax_fraction
+  assert fraction == 0.4
+  assert abs(np.mean(drawn) - fraction) < 3.0 * np.sqrt(fraction * (1 - fraction) / 400)
+  assert not any(chests(dataclasses.replace(CLINICAL, thorax_fraction=0.0)))
+  assert all(chests(dataclasses.replace(CLINICAL, thorax_fraction=1.0)))
+  for index in np.flatnonzero(drawn)[:3]:
+    patient = synthetic.make_patient(CLINICAL, 'train', int(index))
+    assert 'lung' in patient.tissue_hu and 'liver' not in patient.tissue_hu
+
+
+def test_no_thorax_fraction_gives_the_abdomen_only_patients():
+  """thorax_fraction=0: every patient is the abdomen drawn from the seed
+  [dataset seed, crc32(split), index] (the anatomy of builder 2.1.0); with
+  chests switched on, the patients that stay abdomens keep that anatomy."""
+  abdomens = dataclasses.replace(CLINICAL, thorax_fraction=0.0)
+  for split in ('train', 'test'):
+    for index in range(8):
+      seed = [CLINICAL.seed, zlib.crc32(split.encode()), index]
+      expected = phantoms.sample_patient(
+          np.random.default_rng(seed), zlib.crc32(repr(seed).encode()),
+          CLINICAL.slices_per_patient * CLINICAL.slice_spacing_mm)
+      assert synthetic.make_patient(abdomens, split, index) == expected
+      mixed = synthetic.make_patient(CLINICAL, split, index)
+      assert (mixed == expected) != synthetic.is_thorax(CLINICAL, split, index)
+
+
+def test_raters_take_the_thorax_noise_from_its_muscle():
+  """A chest has no liver or spleen: the noise ROI is its pure muscle (noise
+  of 20 HU there, 60 HU elsewhere reads 20 HU), and a simulated chest scan
+  is rated like any other."""
+  patient = phantoms.sample_thorax_patient(np.random.default_rng(0), 0, 15.0)
+  slice_ = phantoms.render_slice(patient, 0.0, image_size=160, pixel_size_mm=2.5)
+  muscle = slice_.masks['muscle']
+  assert muscle.sum() > 500
+  rng = np.random.default_rng(1)
+  noise = np.where(muscle, 20.0, 60.0) * rng.standard_normal(slice_.hu.shape)
+  measured = raters.measure(slice_.hu + noise, slice_.hu, slice_.hu, slice_)
+  assert measured.noise_hu == pytest.approx(20.0, rel=0.1)
+  assert measured.streak_hu == 0.0 and measured.lesion_cnr == float('inf')
+  chests = dataclasses.replace(TINY_SPEC, thorax_fraction=1.0)
+  full, low = synthetic.simulate_scans(
+      chests, 'train', 0, 0, (synthetic.Degradation(1.0, 128, 'hann', 3.0),
+                              synthetic.Degradation(0.25, 128, 'hann', 3.0)))
+  assert 0.0 < full.measurements.noise_hu < low.measurements.noise_hu
+  assert 0.0 <= low.example['score'] <= full.example['score'] <= 4.0

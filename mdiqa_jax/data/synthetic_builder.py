@@ -1,7 +1,8 @@
 """TFDS builder `ldct_iqa_synthetic`: the simulated LDCT quality dataset.
 
 Each example is one simulated slice (`synthetic.generate_slice`): a digital
-abdominal phantom at its patient's pixel spacing, scanned at one degradation
+abdominal or (a fraction `thorax_fraction` of the patients, 40 % by default)
+thoracic phantom at its patient's pixel spacing, scanned at one degradation
 level (dose fraction, view count), reconstructed with a random kernel and
 slice thickness, windowed, and scored by simulated radiologists. Examples
 are a pure function of (spec, split, index), so a build is deterministic
@@ -74,7 +75,7 @@ def _available_cpus() -> int:
 class LdctIqaSynthetic(tfds.core.GeneratorBasedBuilder):
   """Simulated low-dose CT slices with simulated radiologist scores."""
 
-  VERSION = tfds.core.Version('2.1.0')
+  VERSION = tfds.core.Version('2.2.0')
   RELEASE_NOTES = {
       '1.0.0': 'Physics-based phantoms, Poisson noise, sparse views, FBP, '
                'simulated raters.',
@@ -85,6 +86,11 @@ class LdctIqaSynthetic(tfds.core.GeneratorBasedBuilder):
                'replaces small.',
       '2.1.0': 'Small patients (30 %, scaled 0.55-0.85) widen the spacing to '
                '0.4-0.95 mm.',
+      '2.2.0': 'Thorax phantoms (T6-T8: lungs with vessels and bronchi, heart, '
+               'great vessels, ribs, sternum, scapulae) for 40 % of the '
+               'patients (SyntheticSpec.thorax_fraction), so that bone, fat '
+               'and air-rich chest fields are in the training data; the '
+               'abdomens of the other patients are unchanged.',
   }
   BUILDER_CONFIGS = [
       SyntheticConfig(name='clinical', spec=synthetic.CLINICAL_SPEC,
