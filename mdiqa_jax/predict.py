@@ -209,9 +209,15 @@ def predict_command(options: Options) -> int:
     return status
   for error in failures:
     print(f'mdiqa-predict: failed: {command_errors.one_line(error)}', file=sys.stderr)
-  print(f'mdiqa-predict: scored {len(rows)} slices; {len(failures)} files failed'
-        + (f'; wrote {output}' if output else ''), file=sys.stderr)
+  print(f'mdiqa-predict: scored {_count(len(rows), "slice")}; '
+        f'{_count(len(failures), "file")} failed' + (f'; wrote {output}' if output else ''),
+        file=sys.stderr)
   return EXIT_SOME_FAILED if failures else 0
+
+
+def _count(number: int, noun: str) -> str:
+  """'1 slice', '2 slices'."""
+  return f'{number} {noun}' + ('' if number == 1 else 's')
 
 
 def _compare_command(options: Options, config, params, preprocessing: Preprocessing) -> int:
