@@ -7,8 +7,8 @@ measures
     made at 512 px (bench/results/simulate_bench.json before 2026-12-02);
   - examples per second with a pool of --processes workers (start-up
     included, as a builder pays it);
-  - the full-dose liver noise per kernel (adult patients, 0.75 mm pixels,
-    3 mm slices);
+  - the full-dose noise per kernel of adult abdomens (liver, spleen, muscle)
+    and of adult chests (muscle), 0.75 mm pixels, 3 mm slices;
   - with --build: the TFDS build of 'ldct_iqa_synthetic/clinical' (all
     splits) with --processes workers into a temporary folder: wall time, CPU
     seconds of all processes (CPU / processes estimates the wall time on idle
@@ -83,11 +83,12 @@ def _rates(spec, num_slices):
   }
 
 
-def _noise_per_kernel(spec, num_slices=4):
-  """Full-dose, full-view liver noise (HU) per kernel of adult patients at
-  0.75 mm and 3 mm."""
+def _noise_per_kernel(spec, thorax_fraction, num_slices=4):
+  """Full-dose, full-view noise (HU) per kernel of adult patients at 0.75 mm
+  and 3 mm, in the raters' ROI (an abdomen's liver, spleen and muscle; a
+  chest's muscle): abdomens with thorax_fraction 0, chests with 1."""
   fixed = dataclasses.replace(spec, pixel_mm_range=(0.75, 0.75),
-                              small_patient_fraction=0.0)
+                              small_patient_fraction=0.0, thorax_fraction=thorax_fraction)
   noise = {kernel: [] for kernel in spec.kernels}
   for index in range(num_slices):
     degradations = tuple(synthetic.Degradation(1.0, spec.num_views_full,
@@ -180,7 +181,8 @@ def main(argv):
       'old_examples_per_second_single_process_512px': _OLD_EXAMPLES_PER_SECOND,
   }
   results['clinical'] = _rates(spec, _SLICES.value)
-  results['clinical']['full_dose_liver_noise_hu_0.75mm_3mm'] = _noise_per_kernel(spec)
+  results['clinical']['full_dose_liver_noise_hu_0.75mm_3mm'] = _noise_per_kernel(spec, 0.0)
+  results['clinical']['full_dose_chest_muscle_noise_hu_0.75mm_3mm'] = _noise_per_kernel(spec, 1.0)
   if _BUILD.value:
     results['build'] = _build(_PROCESSES.value)
   results['machine']['load_average_1min_at_end'] = os.getloadavg()[0]
