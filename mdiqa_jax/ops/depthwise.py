@@ -55,15 +55,10 @@ def _correlate(x: jax.Array, kernel: jax.Array, padding: tuple[int, int]) -> jax
   out_h = padded.shape[1] - kernel_h + 1
   out_w = padded.shape[2] - kernel_w + 1
   kernel = kernel.astype(compute_dtype)
-  # One partial sum per kernel row, then their sum: on XLA's CPU backend 1.5x
-  # faster than one chain of kh * kw multiply-adds (B2 x 112^2 x 96, 7x7).
-  out = None
+  out = jnp.zeros((x.shape[0], out_h, out_w, x.shape[3]), compute_dtype)
   for a in range(kernel_h):
-    rows = padded[:, a:a + out_h]
-    partial = rows[:, :, 0:out_w] * kernel[a, 0]
-    for b in range(1, kernel_w):
-      partial = partial + rows[:, :, b:b + out_w] * kernel[a, b]
-    out = partial if out is None else out + partial
+    for b in range(kernel_w):
+      out = out + padded[:, a:a + out_h, b:b + out_w] * kernel[a, b]
   return out
 
 
