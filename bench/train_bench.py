@@ -1,11 +1,13 @@
 r"""Training throughput of the whole train step: images/s, compile time, memory, MFU.
 
   PYTHONPATH=. python bench/train_bench.py [--configs=default,paper]
-      [--modes=shard_map] [--depthwise=auto,xla] [--remat=false] [--dtypes=float32]
+      [--modes=shard_map] [--depthwise=auto,xla] [--condition=factored,resize]
+      [--remat=false] [--dtypes=float32]
       [--steps=5 --rounds=4] [--batch_size=paper=2 --steps_for=paper=1]
 
 For each config and each variant (every combination of `config.parallel`,
-the ConvNeXt depthwise implementation, `config.model.remat` and
+the ConvNeXt depthwise implementation, the alignment's conditioning
+convolution `config.model.align.condition`, `config.model.remat` and
 `config.model.dtype`), compiles the data-parallel train step
 (mdiqa_jax.train_step.DataParallel over all local devices) ahead of time on
 random batches of the config's global batch size and image size, then times
@@ -22,7 +24,10 @@ matmuls on NVIDIA GPUs). The input pipeline is not in the loop
 
 The depthwise implementation 'xla' is the path before ops/depthwise.py ('auto'
 picks the shifted multiply-adds on CPU), so --depthwise=auto,xla measures the
-gain side by side. bench/gpu_check.sh runs this on a GPU in under 5 minutes.
+gain side by side; likewise --condition=factored,resize for the alignment's
+conditioning convolution ('resize' is the path before ops/resized_conv.py), and
+--depthwise=xla --condition=resize together is the whole train step as it was
+before both. bench/gpu_check.sh runs this on a GPU in under 5 minutes.
 """
 import itertools
 import json
@@ -63,6 +68,8 @@ _CONFIGS = flags.DEFINE_list('configs', ['default', 'paper'], 'Configs to time.'
 _MODES = flags.DEFINE_list('modes', ['shard_map'], 'config.parallel values.')
 _DEPTHWISE = flags.DEFINE_list('depthwise', ['auto', 'xla'],
                                'ConvNeXt depthwise implementations (ops/depthwise.py).')
+_CONDITION = flags.DEFINE_list('condition', ['factored', 'resize'],
+                               'config.model.align.condition values (models/align.py).')
 _REMAT = flags.DEFINE_list('remat', ['false'], 'config.model.remat values (true / false).')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'config.model.dtype values.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per config, variant and round.')
@@ -114,6 +121,7 @@ def compiled_step(name: str, variant: dict, batch_size: int):
   config.batch_size = batch_size
   config.parallel = variant['parallel']
   config.model.remat = variant['remat']
+  config.model.align.condition = variant['condition']
   config.model.dtype = variant['dtype']
   model = build_model(config, variant['depthwise'])
   params = jax.jit(train_step.init_params, static_argnums=(0, 2))(
@@ -183,9 +191,11 @@ def main(argv):
   del argv
   batch_sizes = _parse_pairs(_BATCH_SIZES.value)
   steps_for = _parse_pairs(_STEPS_PER_CONFIG.value)
-  variants = [dict(parallel=mode, depthwise=depthwise, remat=_parse_bool(remat), dtype=dtype)
-              for mode, depthwise, remat, dtype in itertools.product(
-                  _MODES.value, _DEPTHWISE.value, _REMAT.value, _DTYPES.value)]
+  variants = [dict(parallel=mode, depthwise=depthwise, condition=condition,
+                   remat=_parse_bool(remat), dtype=dtype)
+              for mode, depthwise, condition, remat, dtype in itertools.product(
+                  _MODES.value, _DEPTHWISE.value, _CONDITION.value, _REMAT.value,
+                  _DTYPES.value)]
   load = {'before': os.getloadavg()[0]}
   results = []
   for name in _CONFIGS.value:
@@ -199,7 +209,7 @@ def main(argv):
     rows = [r for r in results if r['config'] == name]
     fastest = min(rows, key=lambda r: r['step_seconds_median'])
     print(f'{name}: ' + ', '.join(
-        f'{r["parallel"]}/{r["depthwise"]}/remat={r["remat"]}/{r["dtype"]} '
+        f'{r["parallel"]}/{r["depthwise"]}/{r["condition"]}/remat={r["remat"]}/{r["dtype"]} '
         f'{r["step_seconds_median"]:.3f} s '
         f'({r["step_seconds_median"] / fastest["step_seconds_median"]:.2f}x the fastest)'
         for r in rows))

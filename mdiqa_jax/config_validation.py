@@ -25,6 +25,7 @@ from mdiqa_jax import losses
 from mdiqa_jax import models
 from mdiqa_jax import optim
 from mdiqa_jax import train_step
+from mdiqa_jax.models import align as align_lib
 from mdiqa_jax.models import bins
 from mdiqa_jax.models import convnext as convnext_lib
 from mdiqa_jax.models import head as head_lib
@@ -193,6 +194,8 @@ def _check_model(check: _Checker) -> None:
       check.require('model.align.kernel_size', lambda v: _is_int(v) and v >= 1 and v % 2,
                     'an odd integer >= 1')
       check.integer('model.align.offset_groups', 1)
+      if check.value('model.align.condition') is not _MISSING:
+        check.choice('model.align.condition', align_lib.CONDITION_IMPLEMENTATIONS)
   check.integer('model.head.hidden', 1)
   if check.value('model.head.kwargs.num_distributions') is not _MISSING:
     check.integer('model.head.kwargs.num_distributions', 1)

@@ -80,7 +80,10 @@ def create_model(config: ml_collections.ConfigDict) -> MDIQA:
       fusion = DeformableAlignment(num_scales=align_config.num_scales,
                                    width=align_config.width,
                                    kernel_size=align_config.kernel_size,
-                                   offset_groups=align_config.offset_groups, dtype=dtype)
+                                   offset_groups=align_config.offset_groups,
+                                   condition_implementation=align_config.get(
+                                       'condition', 'factored'),
+                                   dtype=dtype)
     else:
       fusion = PlainFusion(num_scales=align_config.num_scales, width=align_config.width,
                            dtype=dtype)

@@ -18,6 +18,47 @@ import jax
 import jax.numpy as jnp
 
 from mdiqa_jax.ops import deform_conv2d
+from mdiqa_jax.ops import resized_conv2d
+
+# How the conditioning convolution sees the ViT tokens: 'factored' convolves
+# them at their own resolution through `resized_conv2d`; 'resize' upsamples
+# them to the stage's grid first. The same function (to float rounding).
+CONDITION_IMPLEMENTATIONS = ('factored', 'resize')
+
+
+def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class ConditionConv(nn.Module):
+  """3x3 convolution of concat(cnn_map, tokens bilinearly resized to its grid).
+
+  (B, H, W, Cs), (B, h, w, D) -> (B, H, W, width). Parameters are those of
+  `nn.Conv(width, (3, 3))` on the Cs + D channels ('kernel' (3, 3, Cs + D,
+  width), 'bias'), so either implementation loads the other's checkpoints.
+  """
+  width: int
+  implementation: str = 'factored'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, cnn_map, vit_tokens):
+    if self.implementation not in CONDITION_IMPLEMENTATIONS:
+      raise ValueError(f'config.model.align.condition={self.implementation!r}; expected '
+                       f'one of {CONDITION_IMPLEMENTATIONS}.')
+    batch, height, width, channels = cnn_map.shape
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (3, 3, channels + vit_tokens.shape[-1], self.width))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.width,))
+    cnn_map, vit_tokens, kernel, bias = nn.dtypes.promote_dtype(
+        cnn_map, vit_tokens, kernel, bias, dtype=self.dtype)
+    if self.implementation == 'resize':
+      resized = jax.image.resize(vit_tokens, (batch, height, width, vit_tokens.shape[-1]),
+                                 'bilinear')
+      return _conv_same(jnp.concatenate([cnn_map, resized], axis=-1), kernel) + bias
+    return (_conv_same(cnn_map, kernel[:, :, :channels])
+            + resized_conv2d(vit_tokens, kernel[:, :, channels:], (height, width)) + bias)
 
 
 def to_grid(x: jax.Array, grid_hw: Sequence[int]) -> jax.Array:
@@ -38,6 +79,7 @@ class DeformableAlign(nn.Module):
   width: int
   kernel_size: int = 3
   offset_groups: int = 1
+  condition_implementation: str = 'factored'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -47,11 +89,9 @@ class DeformableAlign(nn.Module):
     if channels % self.offset_groups:
       raise ValueError(f'CNN stage with {channels} channels cannot be split into '
                        f'offset_groups={self.offset_groups}.')
-    vit_resized = jax.image.resize(
-        vit_tokens, (batch, height, width, vit_tokens.shape[-1]), 'bilinear')
-    condition = jnp.concatenate([cnn_map, vit_resized.astype(cnn_map.dtype)], axis=-1)
-    condition = nn.gelu(nn.Conv(self.width, (3, 3), dtype=self.dtype,
-                                name='condition')(condition))
+    condition = nn.gelu(ConditionConv(self.width, self.condition_implementation, self.dtype,
+                                      name='condition')(cnn_map,
+                                                        vit_tokens.astype(cnn_map.dtype)))
     zeros = nn.initializers.zeros
     offset = nn.Conv(self.offset_groups * taps * 2, (3, 3), kernel_init=zeros,
                      dtype=self.dtype, name='offset')(condition)
@@ -79,6 +119,7 @@ class DeformableAlignment(nn.Module):
   width: int
   kernel_size: int = 3
   offset_groups: int = 1
+  condition_implementation: str = 'factored'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -86,7 +127,8 @@ class DeformableAlignment(nn.Module):
     _check_num_scales(self.num_scales, cnn_stages)
     aligned = []
     for scale, cnn_map in enumerate(cnn_stages[:self.num_scales]):
-      x = DeformableAlign(self.width, self.kernel_size, self.offset_groups, self.dtype,
+      x = DeformableAlign(self.width, self.kernel_size, self.offset_groups,
+                          self.condition_implementation, self.dtype,
                           name=f'scale_{scale}')(cnn_map, vit_tokens)
       x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=f'norm_{scale}')(nn.gelu(x))
       aligned.append(to_grid(x, grid_hw))
