@@ -9,7 +9,8 @@ from mdiqa_jax.ops.depthwise import depthwise_conv2d
 
 # (x shape, kernel (kh, kw), padding): ConvNeXt's 7x7 'same'; no padding; a
 # rectangular kernel with per-axis padding; 2 x 54 x 54 x 4 spans several
-# kernel-gradient blocks (16384 elements = 4096 pixels of 4 channels each).
+# kernel-gradient chunks of output rows (16384 cotangent elements = 37 rows of
+# 2 x 54 pixels x 4 channels), the last one padded with zero rows.
 CASES = [
     ((2, 9, 11, 5), (7, 7), 3),
     ((2, 8, 8, 3), (3, 3), 0),

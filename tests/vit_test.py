@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mdiqa_jax.convert import vit as convert_vit
-from mdiqa_jax.models.vit import ViT, query_chunked_attention, vit_config
+from mdiqa_jax.models.vit import ViT, query_chunked_attention, softmax_attention, vit_config
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 # The fixture model: timm VisionTransformer(img_size=32, patch_size=8,
@@ -92,6 +92,21 @@ def test_query_chunked_attention_equals_flax_dot_product_attention(chunk):
   cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
   for ours_gradient, expected_gradient in zip(our_vjp(cotangent), reference_vjp(cotangent)):
     np.testing.assert_allclose(ours_gradient, expected_gradient, rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_attention_stays_finite_where_exp_of_the_logits_overflows():
+  # Logits near +-1e3: exp() overflows float32 unless the row maximum is taken off.
+  rng = np.random.default_rng(1)
+  query = jnp.asarray(30 * rng.normal(size=(1, 9, 2, 4)), jnp.float32)
+  key = jnp.asarray(30 * rng.normal(size=(1, 11, 2, 4)), jnp.float32)
+  value = jnp.asarray(rng.normal(size=(1, 11, 2, 4)), jnp.float32)
+  out, our_vjp = jax.vjp(softmax_attention, query, key, value)
+  expected, reference_vjp = jax.vjp(nn.dot_product_attention, query, key, value)
+  assert np.all(np.isfinite(out))
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  cotangent = jnp.ones_like(out)
+  for ours_gradient, expected_gradient in zip(our_vjp(cotangent), reference_vjp(cotangent)):
+    np.testing.assert_allclose(ours_gradient, expected_gradient, rtol=1e-4, atol=1e-4)
 
 
 def test_vit_with_attention_chunks_and_remat_matches_timm_and_its_gradients(timm_loaded):

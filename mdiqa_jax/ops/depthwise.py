@@ -7,12 +7,13 @@ no dilation), in two implementations:
 - 'shifted': kh * kw shifted multiply-adds over the zero-padded input, which XLA
   fuses into one loop; a custom VJP computes the input gradient the same way
   (the cotangent correlated with the flipped kernel) and the kernel gradient as
-  a per-channel reduction over batch and pixels, in a scan over blocks of
-  pixels small enough that each block stays in cache across the kh * kw taps.
+  a per-channel reduction over batch and pixels, in a scan over chunks of
+  output rows small enough that each stays in cache across the kh * kw taps.
   On XLA's CPU backend (measured on 2 cores, float32, B2 x 112^2 x 96, 7x7)
   its forward is ~40x and its kernel gradient ~15x faster than the grouped
   convolution, whose kernel gradient XLA computes as a dense C x kh x kw x C
-  convolution and then takes its diagonal.
+  convolution and then takes its diagonal. The forward sums each kernel row's
+  taps first, then the rows (1.5x faster than one chain of kh * kw terms).
 - 'xla': XLA's own grouped convolution (cuDNN on GPU, the MXU on TPU).
 
 implementation='auto' takes 'shifted' when the computation is lowered for the
@@ -30,10 +31,10 @@ from mdiqa_jax.ops.arguments import IntPair, as_pair
 
 IMPLEMENTATIONS = ('auto', 'shifted', 'xla')
 
-# Elements of one kernel-gradient block of pixels (x channels): 64 KiB of
-# float32 per operand, so a block of the input, its halo and the cotangent
-# stay in the L1 / L2 caches while every tap of the kernel reads them.
-_BLOCK_ELEMENTS = 16384
+# Cotangent elements in one kernel-gradient chunk of output rows: 64 KiB of
+# float32, so the chunk, its input rows and halo stay in the L1 / L2 caches
+# while every tap of the kernel reads them.
+_CHUNK_ELEMENTS = 16384
 
 
 def _correlate(x: jax.Array, kernel: jax.Array, padding: tuple[int, int]) -> jax.Array:
@@ -55,11 +56,28 @@ def _correlate(x: jax.Array, kernel: jax.Array, padding: tuple[int, int]) -> jax
   out_h = padded.shape[1] - kernel_h + 1
   out_w = padded.shape[2] - kernel_w + 1
   kernel = kernel.astype(compute_dtype)
-  out = jnp.zeros((x.shape[0], out_h, out_w, x.shape[3]), compute_dtype)
+  # One partial sum per kernel row, then their sum: on XLA's CPU backend 1.5x
+  # faster than one chain of kh * kw multiply-adds (B2 x 112^2 x 96, 7x7).
+  out = None
   for a in range(kernel_h):
-    for b in range(kernel_w):
-      out = out + padded[:, a:a + out_h, b:b + out_w] * kernel[a, b]
+    rows = padded[:, a:a + out_h]
+    partial = rows[:, :, 0:out_w] * kernel[a, 0]
+    for b in range(1, kernel_w):
+      partial = partial + rows[:, :, b:b + out_w] * kernel[a, b]
+    out = partial if out is None else out + partial
   return out
+
+
+def _tap_sums(x_padded: jax.Array, cotangent: jax.Array) -> jax.Array:
+  """(kh, kw, C): sum over n, i, j of x_padded[n, i + a, j + b, c] * cotangent[n, i, j, c],
+  one reduction per tap; x_padded (B, h + kh - 1, w + kw - 1, C), cotangent (B, h, w, C)."""
+  _, height, width, _ = cotangent.shape
+  kernel_h = x_padded.shape[1] - height + 1
+  kernel_w = x_padded.shape[2] - width + 1
+  return jnp.stack([
+      jnp.stack([jnp.sum(x_padded[:, a:a + height, b:b + width] * cotangent, axis=(0, 1, 2))
+                 for b in range(kernel_w)])
+      for a in range(kernel_h)])
 
 
 def _kernel_gradient(x_padded: jax.Array, cotangent: jax.Array,
@@ -67,9 +85,9 @@ def _kernel_gradient(x_padded: jax.Array, cotangent: jax.Array,
   """Per-channel kernel gradient: sum over n, i, j of x_padded[n, i + a, j + b, c]
   * cotangent[n, i, j, c].
 
-  Pixels are flattened in the padded frame (cotangent zero-padded to the same
-  H x W), where tap (a, b) is a shift of a * padded_w + b positions; each block
-  of `block` positions is reduced for every tap before the next is read.
+  In a scan over chunks of output rows, each about _CHUNK_ELEMENTS elements of
+  the cotangent, so that a chunk and its halo of kh - 1 input rows stay in
+  cache across the kh * kw reductions (one chunk when the whole map fits).
 
   Args:
     x_padded: (B, Hp, Wp, C), the zero-padded input.
@@ -79,31 +97,27 @@ def _kernel_gradient(x_padded: jax.Array, cotangent: jax.Array,
   Returns:
     (kh, kw, C), float32 (or wider).
   """
-  batch, padded_h, padded_w, channels = x_padded.shape
-  kernel_h, kernel_w = kernel_hw
+  batch, height, width, channels = cotangent.shape
+  kernel_h, _ = kernel_hw
   compute_dtype = jnp.promote_types(x_padded.dtype, jnp.float32)
-  positions = batch * padded_h * padded_w
-  block = max(1, _BLOCK_ELEMENTS // channels)
-  num_blocks = -(-positions // block)
-  halo = (kernel_h - 1) * padded_w + kernel_w - 1
-  x_flat = jnp.pad(x_padded.astype(compute_dtype).reshape(positions, channels),
-                   ((0, num_blocks * block - positions + halo), (0, 0)))
-  cotangent = jnp.pad(cotangent.astype(compute_dtype),
-                      ((0, 0), (0, kernel_h - 1), (0, kernel_w - 1), (0, 0)))
-  cotangent_flat = jnp.pad(cotangent.reshape(positions, channels),
-                           ((0, num_blocks * block - positions), (0, 0)))
-  shifts = [a * padded_w + b for a in range(kernel_h) for b in range(kernel_w)]
+  x_padded = x_padded.astype(compute_dtype)
+  cotangent = cotangent.astype(compute_dtype)
+  rows = max(1, _CHUNK_ELEMENTS // (batch * width * channels))
+  if rows >= height:
+    return _tap_sums(x_padded, cotangent)
+  num_chunks = -(-height // rows)
+  extra = num_chunks * rows - height  # Zero rows: they add nothing to the sums.
+  x_padded = jnp.pad(x_padded, ((0, 0), (0, extra), (0, 0), (0, 0)))
+  cotangent = jnp.pad(cotangent, ((0, 0), (0, extra), (0, 0), (0, 0)))
 
   def accumulate(total, start):
-    x_block = lax.dynamic_slice_in_dim(x_flat, start, block + halo)
-    cotangent_block = lax.dynamic_slice_in_dim(cotangent_flat, start, block)
-    taps = jnp.stack([jnp.sum(x_block[shift:shift + block] * cotangent_block, axis=0)
-                      for shift in shifts])
-    return total + taps, None
+    x_chunk = lax.dynamic_slice_in_dim(x_padded, start, rows + kernel_h - 1, axis=1)
+    cotangent_chunk = lax.dynamic_slice_in_dim(cotangent, start, rows, axis=1)
+    return total + _tap_sums(x_chunk, cotangent_chunk), None
 
-  total, _ = lax.scan(accumulate, jnp.zeros((len(shifts), channels), compute_dtype),
-                      jnp.arange(num_blocks) * block)
-  return total.reshape(kernel_h, kernel_w, channels)
+  total, _ = lax.scan(accumulate, jnp.zeros((*kernel_hw, channels), compute_dtype),
+                      jnp.arange(num_chunks) * rows)
+  return total
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
