@@ -138,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
   # --- Training loop ----------------------------------------------------
   config.batch_size = 16               # Global batch size (all hosts, all devices).
   config.eval_batch_size = 32          # Tiles per jitted scoring call (per host).
-  config.num_epochs = 16               # configs/paper.py: the paper's 30.
+  config.num_epochs = 32               # configs/paper.py: the paper's 30.
   config.num_train_steps = -1          # > 0 overrides num_epochs (optimiser steps).
   config.log_every_steps = 20
   config.eval_every_steps = 160        # Every 4 epochs of the small train split.

@@ -141,7 +141,8 @@ def _same(a, b):
 
 
 def _params_intact(trained, copy, step):
-  """Orbax's own restore of a step's parameters (no checksums) equals the undamaged?"""
+  """Orbax's own restore of a step's state (no checksums) has the undamaged
+  parameters? (False where it cannot restore the whole state.)"""
   def raw(workdir):
     checkpointer = ocp.PyTreeCheckpointer()
     try:
@@ -162,9 +163,14 @@ def _readers_load_the_newest_intact_step_and_name_the_damaged_one(trained, damag
   survived = 0
   for kind, copy in damaged.items():
     step = DAMAGE[kind][1]
-    if step is None:
-      step = DAMAGED if _params_intact(trained, copy, DAMAGED) else PREVIOUS
     loaded = checkpointing.load_inference_checkpoint(copy)
+    if step is None:
+      # Orbax restores the whole state (optimiser included), readers only the
+      # parameters: when Orbax can, readers must load the damaged step; when it
+      # cannot, the parameters may still be whole, and loading the step is then
+      # right exactly when they equal the undamaged run's (checked below).
+      step = (DAMAGED if _params_intact(trained, copy, DAMAGED) or loaded.step == DAMAGED
+              else PREVIOUS)
     assert loaded.step == step, kind
     assert _same(jax.tree_util.tree_leaves(loaded.params), expected[step]), kind
     if step == PREVIOUS:
