@@ -9,14 +9,16 @@ from mdiqa_jax.models.align import ConditionConv
 from mdiqa_jax.ops.resized_conv import resized_conv2d, shifted_resize_weights
 
 # (input (B, h, w, C), out (H, W), kernel side, Cout): the alignment's 4x and
-# 2x upsampling, the identity (the coarsest scale), a non-integer factor, a
-# rectangular grid and a 5x5 kernel.
+# 2x upsampling, the identity (the third scale), a non-integer factor, a
+# rectangular grid and a 5x5 kernel, and downsampling (a fourth scale, where
+# jax.image.resize antialiases).
 CASES = [
     ((2, 3, 3, 5), (12, 12), 3, 4),
     ((2, 3, 3, 5), (6, 6), 3, 4),
     ((1, 4, 4, 3), (4, 4), 3, 2),
     ((1, 3, 4, 2), (7, 9), 3, 3),
     ((1, 2, 3, 2), (6, 5), 5, 2),
+    ((1, 6, 6, 3), (3, 3), 3, 2),
 ]
 
 
