@@ -99,14 +99,17 @@ def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax
   Returns:
     (B, Nq, heads, head_dim), dtype of the inputs.
   """
+  dtype = query.dtype
   scale = query.shape[-1] ** -0.5
   query, key, value = (jnp.swapaxes(a, 1, 2) for a in (query, key, value))
-  logits = jnp.einsum('bhqd,bhkd->bhqk', query * jnp.asarray(scale, query.dtype), key)
+  # The softmax in float32 (as jax.nn.dot_product_attention does) for bfloat16 inputs.
+  logits = jnp.einsum('bhqd,bhkd->bhqk', query * jnp.asarray(scale, dtype),
+                      key).astype(jnp.float32)
   shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   weights = jnp.exp(shifted)
-  out = (jnp.einsum('bhqk,bhkd->bhqd', weights, value)
+  out = (jnp.einsum('bhqk,bhkd->bhqd', weights.astype(value.dtype), value)
          / jnp.sum(weights, axis=-1, keepdims=True))
-  return jnp.swapaxes(out, 1, 2)
+  return jnp.swapaxes(out, 1, 2).astype(dtype)
 
 
 def query_chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
