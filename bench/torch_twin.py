@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import bench_common
+import matmul_inventory
+import matmul_operands
 from mdiqa_jax.convert import load_pretrained
 from mdiqa_jax.models.convnext import ConvNeXt, convnext_config
 from mdiqa_jax.models.vit import ViT, vit_config
@@ -94,6 +96,18 @@ def _backbone_case(name, batch, image_size, backbones):
           'modules': [module for _, module in backbones]}
 
 
+def _matmuls_case(model_case):
+  """Only the matrix products (every dot_general) of a backbone case, both sides.
+
+  The JAX side lists them from the model's jaxpr (bench/matmul_inventory.py),
+  forward and forward + backward, and both frameworks run that list, each
+  product its count of times, on the same operands. Convolutions (the stems,
+  ConvNeXt's downsampling) are not in it: the list is a lower bound on what a
+  model's matmuls cost.
+  """
+  return {'name': f'{model_case}_matmuls', 'kind': 'matmuls', 'model_case': model_case}
+
+
 def _deform_case(batch, size, channels):
   return {'name': f'deform_conv2d_{size}x{size}x{channels}', 'kind': 'deform',
           'batch': batch, 'size': size, 'channels': channels, 'kernel_size': 3,
@@ -113,6 +127,11 @@ CASES = {case['name']: case for case in [
     _deform_case(2, 112, 96),
     {'name': 'depthwise_7x7_112x112x96', 'kind': 'depthwise', 'batch': 2, 'size': 112,
      'channels': 96, 'kernel_size': 7, 'padding': 3},
+    _matmuls_case('convnext_t_224'),
+    _matmuls_case('convnext_t_448'),
+    _matmuls_case('vit_b16_224'),
+    _matmuls_case('vit_b16_448'),
+    _matmuls_case('default_backbones_96'),
 ]}
 
 _CASES = flags.DEFINE_list('cases', list(CASES), 'Cases to run, in this order.')
@@ -163,6 +182,84 @@ def _mean_square_loss(outputs):
   return sum(jnp.mean(out.astype(jnp.float32) ** 2) for out in outputs)
 
 
+def _backbones_forward(case):
+  """forward(params, image) -> the feature outputs of a 'timm' case's backbones."""
+  select = {'vit': lambda out: out['tokens'], 'convnext': lambda out: out['stages'][3]}
+
+  def forward(params, image):
+    return [select[spec['family']](module.apply({'params': p}, image))
+            for spec, module, p in zip(case['models'], case['modules'], params)]
+  return forward
+
+
+def _matmul_inventory(case):
+  """(unique products, {mode: counts}) of a 'matmuls' case's model case."""
+  model_case = CASES[case['model_case']]
+  size = model_case['image_size']
+  image = jax.ShapeDtypeStruct((model_case['batch'], size, size, 1), jnp.float32)
+  params = [jax.eval_shape(module.init, jax.random.key(0), image)['params']
+            for module in model_case['modules']]
+  forward = _backbones_forward(model_case)
+  loss = lambda *a: _mean_square_loss(forward(*a))
+  per_mode = {'forward': matmul_inventory.dot_inventory(loss, params, image),
+              'forward_backward': matmul_inventory.dot_inventory(
+                  jax.grad(loss, argnums=(0, 1)), params, image)}
+  key = lambda row: (tuple(row['lhs_shape']), tuple(row['rhs_shape']), row['einsum'])
+  products = {key(row): {k: row[k] for k in ('lhs_shape', 'rhs_shape', 'dtype', 'einsum',
+                                             'flops')}
+              for rows in per_mode.values() for row in rows}
+  index = {k: i for i, k in enumerate(products)}
+  counts = {}
+  for mode, rows in per_mode.items():
+    counts[mode] = [0] * len(products)
+    for row in rows:
+      counts[mode][index[key(row)]] = row['count']
+  return list(products.values()), counts
+
+
+def _prepare_matmuls(case, worker, directory):
+  """The 'matmuls' counterpart of _prepare: both sides run the same product list."""
+  products, counts = _matmul_inventory(case)
+  spec = {**case, 'products': products, 'counts': counts}
+  built = worker.request(command='build', case=spec, directory=directory)
+  reference = np.load(os.path.join(directory, f'{case["name"]}_torch.npz'))
+  compiled, agreement = [], {}
+  for i, product in enumerate(products):
+    lhs = jnp.asarray(matmul_operands.operand(product['lhs_shape'], 0))
+    rhs = jnp.asarray(matmul_operands.operand(product['rhs_shape'], 1))
+    function = jax.jit(functools.partial(jnp.einsum, product['einsum'])).lower(lhs, rhs).compile()
+    compiled.append((function, lhs, rhs))
+    agreement[f'output_{i}'] = _relative_difference(
+        matmul_operands.output_sample(function(lhs, rhs)), reference[f'output_{i}'])
+  print(f'{case["name"]}: {len(products)} products, agreement '
+        f'{max(agreement.values()):.2e}', flush=True)
+  if max(agreement.values()) > _TOLERANCE.value:
+    raise AssertionError(f'{case["name"]}: JAX and torch products differ by more than '
+                         f'{_TOLERANCE.value}: {agreement}')
+
+  def run(mode):
+    for (function, lhs, rhs), count in zip(compiled, counts[mode]):
+      for _ in range(count):
+        jax.block_until_ready(function(lhs, rhs))
+
+  entry = {'case': spec, 'torch': built['torch'], 'torch_threads': built['threads'],
+           'agreement_relative': agreement, 'modes': {}}
+  runners = {}
+  for mode in MODES:
+    jax_first = _timed_calls(run, (mode,), 1)[0]
+    torch_first = worker.request(command='time', name=case['name'], mode=mode,
+                                 repeats=1)['seconds'][0]
+    repeats = int(np.clip(np.ceil(_ROUND_SECONDS.value / max(jax_first, torch_first, 1e-6)),
+                          1, 50))
+    entry['modes'][mode] = {
+        'flops': sum(p['flops'] * n for p, n in zip(products, counts[mode])),
+        'products_per_call': sum(counts[mode]), 'jax_first_call_seconds': jax_first,
+        'torch_first_call_seconds': torch_first, 'repeats_per_round': repeats,
+        'jax_seconds': [], 'torch_seconds': []}
+    runners[mode] = functools.partial(_timed_calls, run, (mode,), repeats)
+  return entry, runners
+
+
 def _jax_functions(case, inputs, weights):
   """(arguments, forward, forward_backward) of the JAX side of a case.
 
@@ -176,11 +273,7 @@ def _jax_functions(case, inputs, weights):
       init = jax.eval_shape(module.init, jax.random.key(0), image)['params']
       loaded, _ = load_pretrained(init, path, spec['family'], case['image_size'])
       params.append(loaded)
-    select = {'vit': lambda out: out['tokens'], 'convnext': lambda out: out['stages'][3]}
-
-    def forward(params, image):
-      return [select[spec['family']](module.apply({'params': p}, image))
-              for spec, module, p in zip(case['models'], case['modules'], params)]
+    forward = _backbones_forward(case)
     arguments = (params, image)
   elif case['kind'] == 'deform':
     def forward(x, offset, mask, kernel):
@@ -227,7 +320,7 @@ def _timed_calls(function, arguments, repeats):
   return seconds
 
 
-def _prepare(case, worker, directory, rng):
+def _prepare(case, worker, directory, *, rng):
   """Builds both sides of a case, checks agreement, compiles and warms up."""
   inputs = _case_inputs(case, rng)
   np.savez(os.path.join(directory, f'{case["name"]}_inputs.npz'), **inputs)
@@ -264,6 +357,34 @@ def _prepare(case, worker, directory, rng):
   return entry, runners
 
 
+def _matmul_bounds(entries):
+  """Adds to each 'matmuls' entry what its matmuls alone allow the whole model.
+
+  model_ratio_bound = torch's whole-model time / JAX's matmuls-only time: the
+  model's torch / jax ratio if every other JAX op took no time at all.
+  model_ratio_at_torch_rest = torch's model time / (JAX's matmuls + torch's
+  model time not spent in its matmuls): the ratio if JAX ran everything else
+  exactly as fast as PyTorch does.
+  """
+  for entry in entries.values():
+    model = entries.get(entry['case'].get('model_case'))
+    if entry['case']['kind'] != 'matmuls' or model is None:
+      continue
+    for mode, record in entry['modes'].items():
+      torch_model = model['modes'][mode]['torch_median_seconds']
+      torch_rest = max(torch_model - record['torch_median_seconds'], 0.0)
+      record['jax_matmul_flops_per_second'] = record['flops'] / record['jax_median_seconds']
+      record['torch_matmul_flops_per_second'] = record['flops'] / record['torch_median_seconds']
+      record['model_ratio_bound'] = torch_model / record['jax_median_seconds']
+      record['model_ratio_at_torch_rest'] = torch_model / (record['jax_median_seconds']
+                                                           + torch_rest)
+      print(f'{entry["case"]["name"]:<28} {mode:<17} matmul GFLOP/s torch '
+            f'{record["torch_matmul_flops_per_second"] / 1e9:.0f} jax '
+            f'{record["jax_matmul_flops_per_second"] / 1e9:.0f}; model ratio bound '
+            f'{record["model_ratio_bound"]:.2f}, at torch\'s other ops '
+            f'{record["model_ratio_at_torch_rest"]:.2f}')
+
+
 def main(argv):
   del argv
   unknown = sorted(set(_CASES.value) - set(CASES))
@@ -275,7 +396,9 @@ def main(argv):
   entries, runners = {}, {}
   with tempfile.TemporaryDirectory() as directory:
     for name in _CASES.value:
-      entries[name], runners[name] = _prepare(CASES[name], worker, directory, rng)
+      prepare = (_prepare_matmuls if CASES[name]['kind'] == 'matmuls'
+                 else functools.partial(_prepare, rng=rng))
+      entries[name], runners[name] = prepare(CASES[name], worker, directory)
     for round_index in range(_ROUNDS.value):
       for name in _CASES.value:
         for mode in MODES:
@@ -296,6 +419,7 @@ def main(argv):
                                         / record['jax_median_seconds'])
       print(f'{name:<28} {mode:<17} {1e3 * record["torch_median_seconds"]:10.1f} '
             f'{1e3 * record["jax_median_seconds"]:10.1f} {record["ratio_torch_over_jax"]:9.2f}')
+  _matmul_bounds(entries)
   bench_common.write_results(_OUTPUT.value, {
       'benchmark': 'PyTorch eager (timm / torchvision) vs mdiqa_jax (jit), float32, '
                    'interleaved round by round; ratio = torch / jax',

@@ -18,6 +18,8 @@ line; it answers one JSON object per line (anything else goes to stderr):
       answers {"seconds": [n wall times]}.
   {"command": "quit"}
 
+"matmuls" cases send their product list instead of models (see _MatmulCase).
+
 The loss of forward_backward is, as on the JAX side, the sum over outputs of
 mean(output ** 2); gradients flow to every parameter and input.
 """
@@ -29,6 +31,8 @@ import time
 
 import numpy as np
 import torch
+
+import matmul_operands
 
 _LAYER_SCALE = 0.5  # timm initialises ConvNeXt's gammas to 1e-6: blocks would be ~identity.
 # LayerNorm affines drawn around timm's (1, 0): with unit scales and zero shifts
@@ -153,6 +157,39 @@ class _OpCase:
     torch.mean(self.function(*self.leaves) ** 2).backward()
 
 
+class _MatmulCase:
+  """The product list of a "matmuls" case: torch.einsum on bench/matmul_operands.py's arrays.
+
+  case["products"]: [{"lhs_shape", "rhs_shape", "einsum"}]; case["counts"]:
+  {mode: [how often each product runs per call]}. Writes the output samples of
+  every product to DIR/NAME_torch.npz.
+  """
+
+  def __init__(self, case, directory):
+    self.products = [(p['einsum'],
+                      torch.from_numpy(matmul_operands.operand(p['lhs_shape'], 0)),
+                      torch.from_numpy(matmul_operands.operand(p['rhs_shape'], 1)))
+                     for p in case['products']]
+    self.counts = case['counts']
+    self.weights = []
+    with torch.no_grad():
+      reference = {f'output_{i}': matmul_operands.output_sample(torch.einsum(*p).numpy())
+                   for i, p in enumerate(self.products)}
+    np.savez(os.path.join(directory, f'{case["name"]}_torch.npz'), **reference)
+
+  def _run(self, mode):
+    with torch.no_grad():
+      for product, count in zip(self.products, self.counts[mode]):
+        for _ in range(count):
+          torch.einsum(*product)
+
+  def forward(self):
+    self._run('forward')
+
+  def forward_backward(self):
+    self._run('forward_backward')
+
+
 def _time(function, repeats):
   seconds = []
   for _ in range(repeats):
@@ -170,7 +207,7 @@ def main():
       break
     if request['command'] == 'build':
       case = request['case']
-      build = _TimmCase if case['kind'] == 'timm' else _OpCase
+      build = {'timm': _TimmCase, 'matmuls': _MatmulCase}.get(case['kind'], _OpCase)
       cases[case['name']] = build(case, request['directory'])
       answer = {'torch': torch.__version__, 'threads': torch.get_num_threads(),
                 'weights': cases[case['name']].weights}

@@ -1,33 +1,18 @@
 """bench/real_ct_transfer.py, small: the independent simulator's physics, its DICOM
 files, and the benchmark's pipeline end to end on one real slice and the tiny checkpoint."""
-import importlib.util
 import math
-import os
-import sys
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import CTImageStorage
 
+import bench_modules
 import child_process
 
-BENCH_DIR = os.path.join(child_process.REPO_DIR, 'bench')
-
-
-def _load(name):
-  """bench/<name>.py as module `name` (the bench imports its siblings by name)."""
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH_DIR, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-  return sys.modules[name]
-
-
-simulator = _load('independent_ct_simulator')
-_load('bench_common')
-bench = _load('real_ct_transfer')
+simulator = bench_modules.load('independent_ct_simulator')
+bench_modules.load('bench_common')
+bench = bench_modules.load('real_ct_transfer')
 
 
 def _water_disk(size=64, radius_fraction=0.4):
