@@ -30,6 +30,11 @@ driven over a pipe, so that only one framework runs at a time. For every case:
    timed calls, then JAX makes as many (`repeats` chosen so that a round of a
    case lasts about --round_seconds). Medians of all timed calls are reported
    with ratio = torch / jax (above 1: JAX is faster).
+Cases named MODEL_matmuls run only the matrix products of a backbone case: the
+JAX side lists every dot_general of the model's forward and forward + backward
+jaxprs (bench/matmul_inventory.py) and both sides run that list on the same
+operands (bench/matmul_operands.py). With MODEL in the same run, the table ends
+with what those products alone allow the whole model (see _matmul_bounds).
 Writes bench/results/torch_twin.json, with the load average before and after.
 """
 import functools
