@@ -238,9 +238,7 @@ def _prepare_matmuls(case, worker, directory):
         matmul_operands.output_sample(function(lhs, rhs)), reference[f'output_{i}'])
   print(f'{case["name"]}: {len(products)} products, agreement '
         f'{max(agreement.values()):.2e}', flush=True)
-  if max(agreement.values()) > _TOLERANCE.value:
-    raise AssertionError(f'{case["name"]}: JAX and torch products differ by more than '
-                         f'{_TOLERANCE.value}: {agreement}')
+  _check_agreement(case['name'], agreement)
 
   def run(mode):
     for (function, lhs, rhs), count in zip(compiled, counts[mode]):
@@ -251,17 +249,10 @@ def _prepare_matmuls(case, worker, directory):
            'agreement_relative': agreement, 'modes': {}}
   runners = {}
   for mode in MODES:
-    jax_first = _timed_calls(run, (mode,), 1)[0]
-    torch_first = worker.request(command='time', name=case['name'], mode=mode,
-                                 repeats=1)['seconds'][0]
-    repeats = int(np.clip(np.ceil(_ROUND_SECONDS.value / max(jax_first, torch_first, 1e-6)),
-                          1, 50))
+    record, runners[mode] = _timing_plan(case['name'], mode, worker, run, (mode,))
     entry['modes'][mode] = {
         'flops': sum(p['flops'] * n for p, n in zip(products, counts[mode])),
-        'products_per_call': sum(counts[mode]), 'jax_first_call_seconds': jax_first,
-        'torch_first_call_seconds': torch_first, 'repeats_per_round': repeats,
-        'jax_seconds': [], 'torch_seconds': []}
-    runners[mode] = functools.partial(_timed_calls, run, (mode,), repeats)
+        'products_per_call': sum(counts[mode]), **record}
   return entry, runners
 
 
@@ -325,6 +316,27 @@ def _timed_calls(function, arguments, repeats):
   return seconds
 
 
+def _check_agreement(name, agreement):
+  if max(agreement.values()) > _TOLERANCE.value:
+    raise AssertionError(f'{name}: JAX and torch differ by more than '
+                         f'{_TOLERANCE.value}: {agreement}')
+
+
+def _timing_plan(name, mode, worker, function, arguments):
+  """One untimed call on each side, then (mode record, runner of a round's JAX calls).
+
+  The record holds both first-call times and the calls per round, chosen so
+  that a round of the case lasts about --round_seconds on the slower side.
+  """
+  jax_first = _timed_calls(function, arguments, 1)[0]
+  torch_first = worker.request(command='time', name=name, mode=mode, repeats=1)['seconds'][0]
+  repeats = int(np.clip(np.ceil(_ROUND_SECONDS.value / max(jax_first, torch_first, 1e-6)),
+                        1, 50))
+  record = {'jax_first_call_seconds': jax_first, 'torch_first_call_seconds': torch_first,
+            'repeats_per_round': repeats, 'jax_seconds': [], 'torch_seconds': []}
+  return record, functools.partial(_timed_calls, function, arguments, repeats)
+
+
 def _prepare(case, worker, directory, *, rng):
   """Builds both sides of a case, checks agreement, compiles and warms up."""
   inputs = _case_inputs(case, rng)
@@ -341,24 +353,13 @@ def _prepare(case, worker, directory, *, rng):
   agreement = _agreement(case, arguments, compiled['forward'],
                          compiled['forward_backward'], reference)
   print(f'{case["name"]}: agreement {agreement}', flush=True)
-  if max(agreement.values()) > _TOLERANCE.value:
-    raise AssertionError(f'{case["name"]}: JAX and torch differ by more than '
-                         f'{_TOLERANCE.value}: {agreement}')
+  _check_agreement(case['name'], agreement)
   entry = {'case': spec, 'torch': built['torch'], 'torch_threads': built['threads'],
            'agreement_relative': agreement, 'modes': {}}
   runners = {}
   for mode in MODES:
-    jax_first = _timed_calls(compiled[mode], arguments, 1)[0]
-    torch_first = worker.request(command='time', name=case['name'], mode=mode,
-                                 repeats=1)['seconds'][0]
-    repeats = int(np.clip(np.ceil(_ROUND_SECONDS.value / max(jax_first, torch_first, 1e-6)),
-                          1, 50))
-    entry['modes'][mode] = {'jax_compile_seconds': compile_seconds[mode],
-                            'jax_first_call_seconds': jax_first,
-                            'torch_first_call_seconds': torch_first,
-                            'repeats_per_round': repeats, 'jax_seconds': [],
-                            'torch_seconds': []}
-    runners[mode] = functools.partial(_timed_calls, compiled[mode], arguments, repeats)
+    record, runners[mode] = _timing_plan(case['name'], mode, worker, compiled[mode], arguments)
+    entry['modes'][mode] = {'jax_compile_seconds': compile_seconds[mode], **record}
   return entry, runners
 
 
